@@ -1,0 +1,142 @@
+"""Input validation at the public boundary of klrl.
+
+Every public function of klrl is wrapped by :func:`public`. Shape and dtype problems are
+found while tracing (plain Python, so also under ``jax.jit``); value problems (NaN, infinite
+rewards, log-probabilities that do not normalise, ``beta <= 0``, ...) are checked inside the
+compiled computation with :func:`equinox.error_if`, so they are caught whether or not the
+caller jits. Either way the error is an :class:`InputError` (a ``ValueError``) whose message
+names the function and the argument. Inside a caller's own ``jax.jit`` the same message
+arrives wrapped in JAX's runtime error.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
+
+__all__ = ["InputError", "public"]
+
+
+class InputError(ValueError):
+  """Bad input to a public klrl function; the message names the argument."""
+
+
+def _as_array(x):
+  if isinstance(x, (numbers.Number, np.ndarray, np.generic, list, tuple)) and not isinstance(x, bool):
+    return jnp.asarray(x)
+  return x
+
+
+def public(fn=None, *, static: tuple[str, ...] = ()):
+  """Compile a public function and turn its input errors into :class:`InputError`.
+
+  Python numbers and NumPy arrays are converted to JAX arrays before the call, so a new
+  value of ``beta`` does not trigger a new compilation. Arguments named in ``static`` (sizes,
+  flags) are left alone and are compile-time constants.
+  """
+  if fn is None:
+    return functools.partial(public, static=static)
+  jitted = eqx.filter_jit(fn)
+  names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    args = tuple(a if n in static else _as_array(a) for n, a in zip(names, args))
+    kwargs = {k: v if k in static else _as_array(v) for k, v in kwargs.items()}
+    try:
+      return jitted(*args, **kwargs)
+    except (eqx.EquinoxRuntimeError, eqx.EquinoxTracetimeError) as e:
+      msg = str(e).strip().split("\n\n")[0].strip()
+      raise InputError(msg) from None
+
+  wrapper.__wrapped__ = fn
+  return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace-time (static) checks.
+
+def _fail(where: str, name: str, what: str):
+  raise InputError(f"{where}: argument '{name}' {what}")
+
+
+def floating(where: str, name: str, x, min_ndim: int = 0) -> jax.Array:
+  """Returns ``x`` as a floating array; raises if it is not numeric or has too few axes."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.bool_) or not jnp.issubdtype(x.dtype, jnp.number):
+    _fail(where, name, f"must be a real floating array, got dtype {x.dtype}")
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    _fail(where, name, f"must be real, got dtype {x.dtype}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.result_type(float))
+  if x.ndim < min_ndim:
+    _fail(where, name, f"must have at least {min_ndim} axis (the support is the last axis), got shape {x.shape}")
+  if min_ndim and x.shape[-1] == 0:
+    _fail(where, name, "has an empty support (last axis of length 0)")
+  return x
+
+
+def same_support(where: str, name_a: str, a, name_b: str, b):
+  """Raises unless ``a`` and ``b`` share the last axis and their batch axes broadcast."""
+  if a.shape[-1] != b.shape[-1]:
+    _fail(where, name_b, f"has support size {b.shape[-1]} but '{name_a}' has {a.shape[-1]} (shapes {b.shape} vs {a.shape})")
+  try:
+    np.broadcast_shapes(a.shape, b.shape)
+  except ValueError:
+    _fail(where, name_b, f"has shape {b.shape}, whose batch axes do not broadcast with '{name_a}' of shape {a.shape}")
+
+
+def batch_param(where: str, name: str, x, batch_shape: tuple[int, ...]) -> jax.Array:
+  """A per-row parameter: a scalar or an array that broadcasts to ``batch_shape``."""
+  x = floating(where, name, x)
+  try:
+    out = np.broadcast_shapes(x.shape, batch_shape)
+  except ValueError:
+    out = None
+  if out != tuple(batch_shape):
+    _fail(where, name, f"must be a scalar or broadcast to the batch shape {tuple(batch_shape)}, got shape {x.shape}")
+  return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-time (value) checks: each returns its argument, tied to the check.
+
+def _tol(dtype) -> float:
+  return 1e-4 if jnp.finfo(dtype).bits <= 32 else 1e-6
+
+
+def log_probs(where: str, name: str, logp: jax.Array) -> jax.Array:
+  """Log-probabilities over the last axis: no NaN, no +inf, logsumexp within tolerance of 0."""
+  logp = eqx.error_if(logp, jnp.isnan(logp).any(), f"{where}: argument '{name}' contains NaN")
+  logp = eqx.error_if(logp, (logp == jnp.inf).any(), f"{where}: argument '{name}' contains +inf (log-probabilities are <= 0)")
+  tol = _tol(logp.dtype)
+  bad = ~(jnp.abs(logsumexp(logp, axis=-1)) <= tol).all()
+  return eqx.error_if(
+      logp, bad,
+      f"{where}: argument '{name}' is not a log-probability vector over the last axis "
+      f"(logsumexp must be 0 within {tol:g}; use jax.nn.log_softmax to normalise)")
+
+
+def finite(where: str, name: str, x: jax.Array) -> jax.Array:
+  return eqx.error_if(x, ~jnp.isfinite(x).all(), f"{where}: argument '{name}' must be finite (got NaN or +-inf)")
+
+
+def positive(where: str, name: str, x: jax.Array) -> jax.Array:
+  return eqx.error_if(x, ~(x > 0).all(), f"{where}: argument '{name}' must be > 0 (got a value <= 0 or NaN)")
+
+
+def nonnegative(where: str, name: str, x: jax.Array) -> jax.Array:
+  return eqx.error_if(x, ~(x >= 0).all(), f"{where}: argument '{name}' must be >= 0 (got a negative value or NaN)")
+
+
+def at_least(where: str, name: str, x: jax.Array, low: float) -> jax.Array:
+  return eqx.error_if(x, ~(x >= low).all(), f"{where}: argument '{name}' must be >= {low:g} (got a smaller value or NaN)")
+
+
+def in_unit_interval(where: str, name: str, x: jax.Array) -> jax.Array:
+  return eqx.error_if(x, ~((x >= 0) & (x <= 1)).all(), f"{where}: argument '{name}' must lie in [0, 1]")

@@ -1,0 +1,162 @@
+"""Divergences and entropies between distributions given as log-probabilities.
+
+This is the one home of klrl's shared log-space numerics: every module computes a KL, an
+entropy, a chi-square or a Renyi quantity through these functions. Distributions are arrays
+whose last axis is the support; leading axes broadcast. Zero-mass entries are ``-inf`` and
+follow the conventions ``0 log 0 = 0`` and ``p log(p/0) = +inf`` for ``p > 0``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp, xlogy
+from jaxtyping import Array, Float
+
+from klrl import _checks
+
+__all__ = [
+    "kl", "entropy", "cross_entropy", "bernoulli_kl", "binary_entropy", "chi2", "tv",
+    "renyi_divergence", "renyi_cross_entropy", "expectation", "log_normalize",
+]
+
+
+def _pair(where, logp, logq):
+  logp = _checks.floating(where, "logp", logp, 1)
+  logq = _checks.floating(where, "logq", logq, 1)
+  _checks.same_support(where, "logp", logp, "logq", logq)
+  shape = jnp.broadcast_shapes(logp.shape, logq.shape)
+  dtype = jnp.result_type(logp, logq)
+  logp = _checks.log_probs(where, "logp", logp)
+  logq = _checks.log_probs(where, "logq", logq)
+  return jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(logq, shape).astype(dtype)
+
+
+def log_normalize(logw: Float[Array, "... v"]) -> Float[Array, "... v"]:
+  """Normalises log-weights over the last axis (``-inf`` entries stay ``-inf``)."""
+  return logw - logsumexp(logw, axis=-1, keepdims=True)
+
+
+def expectation(logp: Float[Array, "... v"], f: Float[Array, "... v"]) -> Float[Array, "..."]:
+  """``E_p[f]``; entries of zero mass contribute 0 whatever ``f`` is there (even inf/NaN)."""
+  p = jnp.exp(logp)
+  return jnp.sum(jnp.where(p > 0, p * f, 0.0), axis=-1)
+
+
+def _kl(logp, logq):
+  p = jnp.exp(logp)
+  diff = jnp.where(p > 0, logp - logq, 0.0)  # p > 0 and q == 0 gives +inf, as it should
+  return jnp.sum(p * diff, axis=-1)
+
+
+@_checks.public
+def kl(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array, "..."]:
+  """Kullback-Leibler divergence ``KL(p || q) = sum_y p(y) log(p(y)/q(y))``.
+
+  Args:
+    logp: log-probabilities of ``p``.
+    logq: log-probabilities of ``q``.
+
+  Returns:
+    ``KL(p || q) >= 0``; ``+inf`` where ``p`` puts mass where ``q`` has none.
+  """
+  return _kl(*_pair("klrl.divergences.kl", logp, logq))
+
+
+@_checks.public
+def cross_entropy(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array, "..."]:
+  """Cross entropy ``H(p, q) = -sum_y p(y) log q(y)``."""
+  logp, logq = _pair("klrl.divergences.cross_entropy", logp, logq)
+  return -expectation(logp, logq)
+
+
+@_checks.public
+def entropy(logp: Float[Array, "... v"]) -> Float[Array, "..."]:
+  """Shannon entropy ``H(p) = -sum_y p(y) log p(y)`` (nats)."""
+  logp = _checks.floating("klrl.divergences.entropy", "logp", logp, 1)
+  logp = _checks.log_probs("klrl.divergences.entropy", "logp", logp)
+  return -expectation(logp, logp)
+
+
+def _bernoulli_kl(a, b):
+  return xlogy(a, a) - xlogy(a, b) + xlogy(1 - a, 1 - a) - xlogy(1 - a, 1 - b)
+
+
+@_checks.public
+def bernoulli_kl(a: Float[Array, "..."], b: Float[Array, "..."]) -> Float[Array, "..."]:
+  """Bernoulli KL ``kl(a || b) = a log(a/b) + (1-a) log((1-a)/(1-b))``.
+
+  Args:
+    a: success probability of the first law, in [0, 1].
+    b: success probability of the second law, in [0, 1].
+
+  Returns:
+    ``kl(a || b)``, with ``0 log 0 = 0`` and ``+inf`` where ``a`` is not absolutely
+    continuous with respect to ``b``.
+  """
+  where = "klrl.divergences.bernoulli_kl"
+  a = _checks.in_unit_interval(where, "a", _checks.floating(where, "a", a))
+  b = _checks.in_unit_interval(where, "b", _checks.floating(where, "b", b))
+  dtype = jnp.result_type(a, b)
+  return _bernoulli_kl(a.astype(dtype), b.astype(dtype))
+
+
+@_checks.public
+def binary_entropy(a: Float[Array, "..."]) -> Float[Array, "..."]:
+  """Binary entropy ``h(a) = -a log a - (1-a) log(1-a)`` (nats)."""
+  where = "klrl.divergences.binary_entropy"
+  a = _checks.in_unit_interval(where, "a", _checks.floating(where, "a", a))
+  return -xlogy(a, a) - xlogy(1 - a, 1 - a)
+
+
+@_checks.public
+def chi2(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array, "..."]:
+  """Chi-square divergence ``chi2(p || q) = sum_y p(y)^2 / q(y) - 1``, in log space."""
+  logp, logq = _pair("klrl.divergences.chi2", logp, logq)
+  p = jnp.exp(logp)
+  terms = jnp.where(p > 0, 2 * logp - logq, -jnp.inf)
+  return jnp.expm1(logsumexp(terms, axis=-1))
+
+
+@_checks.public
+def tv(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array, "..."]:
+  """Total-variation distance ``(1/2) sum_y |p(y) - q(y)|``."""
+  logp, logq = _pair("klrl.divergences.tv", logp, logq)
+  return 0.5 * jnp.sum(jnp.abs(jnp.exp(logp) - jnp.exp(logq)), axis=-1)
+
+
+@_checks.public
+def renyi_divergence(logp: Float[Array, "... v"], logq: Float[Array, "... v"],
+                     alpha: Float[Array, "..."]) -> Float[Array, "..."]:
+  """Renyi divergence ``D_alpha(p || q) = log(sum_y p^alpha q^(1-alpha)) / (alpha - 1)``.
+
+  ``alpha = 1`` gives ``KL(p || q)`` (the limit), ``alpha = 2`` gives ``log(1 + chi2)``.
+  """
+  where = "klrl.divergences.renyi_divergence"
+  logp, logq = _pair(where, logp, logq)
+  alpha = _checks.positive(where, "alpha", _checks.batch_param(where, "alpha", alpha, logp.shape[:-1]))
+  alpha = alpha.astype(logp.dtype)
+  is_one = alpha == 1
+  a = jnp.where(is_one, 2.0, alpha)[..., None]
+  p = jnp.exp(logp)
+  terms = jnp.where(p > 0, a * logp + (1 - a) * logq, -jnp.inf)
+  general = logsumexp(terms, axis=-1) / (a[..., 0] - 1)
+  return jnp.where(is_one, _kl(logp, logq), general)
+
+
+@_checks.public
+def renyi_cross_entropy(logp: Float[Array, "... v"], logq: Float[Array, "... v"],
+                        alpha: Float[Array, "..."]) -> Float[Array, "..."]:
+  """Renyi cross entropy ``H_alpha(p || q) = log(sum_y p(y) q(y)^(alpha-1)) / (1 - alpha)``.
+
+  This is the form of Yang et al. (2024) used for the scaled cumulants of the reward in
+  SPEC section 3; ``alpha = 1`` gives the Shannon cross entropy ``-sum p log q`` (the limit).
+  """
+  where = "klrl.divergences.renyi_cross_entropy"
+  logp, logq = _pair(where, logp, logq)
+  alpha = _checks.batch_param(where, "alpha", alpha, logp.shape[:-1]).astype(logp.dtype)
+  is_one = alpha == 1
+  safe = jnp.where(is_one, 2.0, alpha)
+  p = jnp.exp(logp)
+  terms = jnp.where(p > 0, logp + (safe[..., None] - 1) * logq, -jnp.inf)
+  general = logsumexp(terms, axis=-1) / (1 - safe)
+  return jnp.where(is_one, -expectation(logp, logq), general)

@@ -1,0 +1,11 @@
+"""Report sections, in the order they appear in ``klrl run``'s report.
+
+Adding a section: write ``klrl/report/sections/<key>.py`` with ``TITLE`` and
+``run(cfg, ctx) -> Section``, register it here and give it a table ``[<key>]`` in
+``configs/default.toml``.
+"""
+from klrl.report.sections import tilted
+
+SECTIONS = {
+    "tilted": tilted,
+}

@@ -1,0 +1,465 @@
+"""Energy-based (tilted) policies: the closed form of KL-regularised and KL-constrained RL.
+
+For a reference ``p`` and a reward ``r`` on the same support (SPEC section 1)::
+
+    J_beta(q) = E_q[r] - beta KL(q || p),     pi_beta = p exp(r / beta) / Z_beta.
+
+The maximiser of ``J_beta`` is ``pi_beta`` (Gibbs variational principle) and the optimal value
+is ``beta log Z_beta``. The KL-constrained problem ``max E_q[r] s.t. KL(q || p) <= delta`` is
+solved by the tilt ``pi_{1/lam}`` whose ``lam`` solves ``K(lam) = lam A'(lam) - A(lam) = delta``,
+where ``A(lam) = log E_p exp(lam r)`` is the cumulant generating function of ``r`` under ``p``
+(Yang et al., *Asymptotics of Language Model Alignment*, 2024). Past the largest feasible
+budget ``delta_max = -log p(S*)`` (``S*`` the reward maximisers in the support of ``p``) the
+answer is ``p`` conditioned on ``S*``.
+
+Numerics. All functions work in log space. The cumulants at a given ``lam`` come from one
+pass over the data (:func:`cumulants`): for small ``lam (r_max - r_min) <= 1`` the reward is
+centred at its mean under ``p`` and the sums use ``expm1`` so that ``KL = O(lam^2)`` keeps its
+relative accuracy; for larger ``lam`` the reward is centred at ``r_max`` so that the distance
+to saturation ``delta_max - KL`` is computed without cancellation. The constrained root is
+found by safeguarded Newton on ``G(lam) = log K - log(delta_max - K)``, a function that is
+linear in ``log lam`` for small budgets and linear in ``lam`` near saturation, so a handful of
+passes reach full precision. Derivatives through the root are implicit (not unrolled).
+
+Accuracy (measured by ``tests/test_tilted.py`` and ``benchmarks/bench_tilted.py``): the KL of
+``kl_constrained``'s policy matches ``delta`` to ``1e-10 max(1, delta)`` in float64 and to
+``1e-5`` relative in float32 (as computed by klrl in that precision), for ``delta`` from
+``1e-8`` to ``delta_max (1 - 1e-9)`` and vocabularies up to ``10^6``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.scipy.special import logsumexp
+from jaxtyping import Array, Float
+
+from klrl import _checks
+from klrl.divergences import expectation
+
+__all__ = [
+    "Cumulants", "TiltStats", "Constrained", "tilt", "log_partition", "cumulants", "stats",
+    "objective", "kl_constrained", "frontier", "max_kl", "dual_frontier",
+]
+
+
+class Cumulants(NamedTuple):
+  """Cumulant generating function of the reward under ``p`` and its tilt, at ``lam``.
+
+  Attributes:
+    log_z: ``A(lam) = log E_p exp(lam r)``.
+    mean: ``A'(lam) = E_pi[r]``.
+    var: ``A''(lam) = Var_pi[r]``.
+    kl: ``K(lam) = KL(pi || p) = lam A'(lam) - A(lam)``.
+    kl_gap: ``delta_max - K(lam)``, computed without cancellation near saturation.
+    cross_entropy: ``-E_pi[log p]``.
+  """
+  log_z: Array
+  mean: Array
+  var: Array
+  kl: Array
+  kl_gap: Array
+  cross_entropy: Array
+
+
+class TiltStats(NamedTuple):
+  """Statistics of the tilted policy ``pi_beta`` (see :func:`stats`)."""
+  log_z: Array
+  kl: Array
+  mean_reward: Array
+  var_reward: Array
+  entropy: Array
+
+
+class Constrained(NamedTuple):
+  """Solution of the KL-constrained problem (see :func:`kl_constrained`).
+
+  Attributes:
+    beta: KL coefficient ``1/lam`` of the solution; ``inf`` at ``delta = 0``, ``0`` when the
+      constraint is saturated (``delta >= delta_max``, which includes constant rewards).
+    log_policy: log-probabilities of the solution ``phi_delta``.
+    kl: ``KL(phi_delta || p)`` of the returned policy.
+    mean_reward: ``E_phi[r] = R(delta)``.
+    lam: ``1/beta``.
+    saturated: whether ``delta >= delta_max``.
+    iterations: Newton iterations the root solve took (the largest over the batch).
+  """
+  beta: Array
+  log_policy: Array
+  kl: Array
+  mean_reward: Array
+  lam: Array
+  saturated: Array
+  iterations: Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation.
+
+def _inputs(where, logp, reward):
+  logp = _checks.floating(where, "logp", logp, 1)
+  reward = _checks.floating(where, "reward", reward, 1)
+  _checks.same_support(where, "logp", logp, "reward", reward)
+  shape = jnp.broadcast_shapes(logp.shape, reward.shape)
+  dtype = jnp.result_type(logp, reward)
+  logp = _checks.log_probs(where, "logp", logp)
+  reward = _checks.finite(where, "reward", reward)
+  return jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)
+
+
+def _row(where, name, x, logp, check):
+  x = _checks.batch_param(where, name, x, logp.shape[:-1])
+  x = check(where, name, x)
+  return jnp.broadcast_to(x, logp.shape[:-1]).astype(logp.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# One-pass cumulants.
+
+class _Prep(NamedTuple):
+  mu: Array        # E_p r
+  var: Array       # Var_p r (one-pass moment formula; used for starting points only)
+  r_max: Array     # max reward over the support of p
+  r_min: Array
+  l_max: Array     # max log p
+  log_ps: Array    # log p(S*)
+
+
+def _prepare(logp, reward) -> _Prep:
+  mass = logp > -jnp.inf
+  r_max = jnp.max(jnp.where(mass, reward, -jnp.inf), axis=-1)
+  r_min = jnp.min(jnp.where(mass, reward, jnp.inf), axis=-1)
+  mu = expectation(logp, reward)
+  var = jnp.maximum(expectation(logp, reward * reward) - mu * mu, 0.0)
+  top = mass & (reward == r_max[..., None])
+  log_ps = logsumexp(jnp.where(top, logp, -jnp.inf), axis=-1)
+  return _Prep(mu, var, r_max, r_min, jnp.max(logp, axis=-1), log_ps)
+
+
+def _e2(x):
+  """``expm1(x) - x`` accurate for small ``|x|`` (a Taylor polynomial below 0.1)."""
+  poly = 1.0 / 3628800
+  for k in range(9, 1, -1):
+    poly = poly * x + 1.0 / _fact(k)
+  return jnp.where(jnp.abs(x) < 0.1, x * x * poly, jnp.expm1(x) - x)
+
+
+def _fact(k):
+  out = 1
+  for i in range(2, k + 1):
+    out *= i
+  return out
+
+
+def _cumulants(logp, reward, lam, prep: _Prep) -> Cumulants:
+  small = lam * (prep.r_max - prep.r_min) <= 1.0
+  center = jnp.where(small, prep.mu, prep.r_max)
+  shift = jnp.where(small, 0.0, prep.l_max)
+  s = reward - center[..., None]
+  x = lam[..., None] * s
+  mass = logp > -jnp.inf
+  p_sh = jnp.exp(logp - shift[..., None])
+  t = p_sh * jnp.exp(x)
+  sm = small[..., None]
+  s0 = jnp.sum(jnp.where(sm, p_sh * _e2(x), t), axis=-1)
+  s1 = jnp.sum(jnp.where(sm, p_sh * s * jnp.expm1(x), t * s), axis=-1)
+  s2 = jnp.sum(t * s * s, axis=-1)
+  s_rest = jnp.sum(jnp.where(reward < prep.r_max[..., None], t, 0.0), axis=-1)
+  s_lp = jnp.sum(t * jnp.where(mass, logp, 0.0), axis=-1)
+
+  s0_big = jnp.where(small, 1.0, s0)   # keeps the unused branch finite (and its gradient)
+  z = jnp.where(small, 1.0 + s0, s0_big)
+  logz_c = jnp.where(small, jnp.log1p(s0), prep.l_max + jnp.log(s0_big))
+  mean_c = s1 / z
+  var = jnp.maximum(s2 / z - mean_c * mean_c, 0.0)
+  kl = jnp.maximum(lam * mean_c - logz_c, 0.0)
+  p_top = jnp.exp(prep.log_ps - prep.l_max)
+  gap_large = jnp.log1p(s_rest / p_top) - lam * mean_c
+  kl_gap = jnp.maximum(jnp.where(small, -prep.log_ps - kl, gap_large), 0.0)
+  return Cumulants(log_z=logz_c + lam * center, mean=mean_c + center, var=var, kl=kl,
+                   kl_gap=kl_gap, cross_entropy=-s_lp / z)
+
+
+def _log_policy(logp, reward, lam, cum: Cumulants):
+  # log p + lam r - A(lam), arranged so that large lam does not cancel.
+  return logp + lam[..., None] * (reward - cum.mean[..., None]) - (cum.log_z - lam * cum.mean)[..., None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Regularised problem.
+
+@_checks.public
+def tilt(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float[Array, "..."]) -> Float[Array, "... v"]:
+  """Log-probabilities of the tilted policy ``pi_beta = p exp(r / beta) / Z_beta``.
+
+  The maximiser of ``E_q[r] - beta KL(q || p)`` (SPEC section 1).
+
+  Args:
+    logp: reference log-probabilities, ``-inf`` for zero mass.
+    reward: finite rewards on the same support.
+    beta: KL coefficient ``> 0``, a scalar or one per row.
+
+  Returns:
+    ``log pi_beta``; zero-mass entries of ``p`` stay ``-inf``.
+  """
+  where = "klrl.tilted.tilt"
+  logp, reward = _inputs(where, logp, reward)
+  beta = _row(where, "beta", beta, logp, _checks.positive)
+  lw = logp + reward / beta[..., None]
+  return lw - logsumexp(lw, axis=-1, keepdims=True)
+
+
+@_checks.public
+def log_partition(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float[Array, "..."]) -> Float[Array, "..."]:
+  """``log Z_beta = log E_p exp(r / beta)``; ``beta log Z_beta`` is the optimal value of ``J_beta``."""
+  where = "klrl.tilted.log_partition"
+  logp, reward = _inputs(where, logp, reward)
+  beta = _row(where, "beta", beta, logp, _checks.positive)
+  return logsumexp(logp + reward / beta[..., None], axis=-1)
+
+
+@_checks.public
+def cumulants(logp: Float[Array, "... v"], reward: Float[Array, "... v"], lam: Float[Array, "..."]) -> Cumulants:
+  """The cumulant generating function ``A(lam)`` of the reward under ``p`` and what it gives.
+
+  ``A'`` is the tilted mean, ``A''`` the tilted variance and ``lam A' - A`` the KL of the
+  tilt; higher cumulants follow by differentiating ``.mean`` in ``lam``. One pass over the
+  data, accurate for small and large ``lam`` (see the module docstring).
+
+  Args:
+    logp: reference log-probabilities.
+    reward: finite rewards.
+    lam: inverse temperature ``lam = 1/beta >= 0`` (``lam = 0`` gives ``p`` itself).
+  """
+  where = "klrl.tilted.cumulants"
+  logp, reward = _inputs(where, logp, reward)
+  lam = _row(where, "lam", lam, logp, _checks.nonnegative)
+  return _cumulants(logp, reward, lam, _prepare(logp, reward))
+
+
+@_checks.public
+def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float[Array, "..."]) -> TiltStats:
+  """Statistics of ``pi_beta``: ``log Z``, ``KL(pi || p)``, mean and variance of ``r``, entropy.
+
+  ``E_pi[r] = A'(1/beta)``, ``Var_pi[r] = A''(1/beta)`` and ``KL(pi || p) = lam A' - A``
+  (SPEC section 1), from one pass over the data.
+  """
+  where = "klrl.tilted.stats"
+  logp, reward = _inputs(where, logp, reward)
+  beta = _row(where, "beta", beta, logp, _checks.positive)
+  c = _cumulants(logp, reward, 1.0 / beta, _prepare(logp, reward))
+  return TiltStats(log_z=c.log_z, kl=c.kl, mean_reward=c.mean, var_reward=c.var,
+                   entropy=c.cross_entropy - c.kl)
+
+
+@_checks.public
+def objective(logq: Float[Array, "... v"], logp: Float[Array, "... v"], reward: Float[Array, "... v"],
+              beta: Float[Array, "..."]) -> Float[Array, "..."]:
+  """The KL-regularised objective ``J_beta(q) = E_q[r] - beta KL(q || p)``.
+
+  By the Gibbs variational identity ``J_beta(q) = beta log Z_beta - beta KL(q || pi_beta)``.
+  """
+  where = "klrl.tilted.objective"
+  logp, reward = _inputs(where, logp, reward)
+  logq = _checks.floating(where, "logq", logq, 1)
+  _checks.same_support(where, "logp", logp, "logq", logq)
+  logq = jnp.broadcast_to(_checks.log_probs(where, "logq", logq), logp.shape).astype(logp.dtype)
+  beta = _row(where, "beta", beta, logp, _checks.positive)
+  q = jnp.exp(logq)
+  kl = jnp.sum(q * jnp.where(q > 0, logq - logp, 0.0), axis=-1)
+  return expectation(logq, reward) - beta * kl
+
+
+# ---------------------------------------------------------------------------------------------
+# Constrained problem.
+
+@_checks.public
+def max_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Float[Array, "..."]:
+  """``delta_max = -log p(S*)``: the KL of ``p`` conditioned on its reward maximisers.
+
+  Budgets at or above it saturate the constraint. Zero for a constant reward.
+  """
+  logp, reward = _inputs("klrl.tilted.max_kl", logp, reward)
+  return -_prepare(logp, reward).log_ps
+
+
+def _solve(logp, reward, delta, prep: _Prep, active):
+  """Safeguarded Newton for ``K(lam) = delta`` on rows where ``active``; no derivatives."""
+  dtype = logp.dtype
+  tol = 1e-13 if jnp.finfo(dtype).bits > 32 else 2e-6
+  dmax = -prep.log_ps
+  spread = jnp.where(active, prep.r_max - prep.r_min, 1.0)
+  d = jnp.where(active, delta, 0.5 * jnp.where(dmax > 0, dmax, 1.0))
+  target = jnp.log(d) - jnp.log(jnp.maximum(dmax - d, jnp.finfo(dtype).tiny))
+  lo = jnp.sqrt(8 * d) / spread                        # K(lam) <= lam^2 spread^2 / 8
+  lam0 = jnp.maximum(jnp.sqrt(2 * d / jnp.maximum(prep.var, jnp.finfo(dtype).tiny)), lo)
+  hi = jnp.full_like(lo, jnp.inf)
+  tiny = jnp.finfo(dtype).tiny
+
+  def g_of(lam):
+    c = _cumulants(logp, reward, lam, prep)
+    g = jnp.log(jnp.maximum(c.kl, tiny)) - jnp.log(jnp.maximum(c.kl_gap, tiny)) - target
+    dg = lam * c.var * (1 / jnp.maximum(c.kl, tiny) + 1 / jnp.maximum(c.kl_gap, tiny))
+    return g, dg
+
+  def cond(state):
+    lam, lo, hi, g, dg, it = state
+    return (it < 60) & jnp.any(active & (jnp.abs(g) > tol) & (~jnp.isfinite(hi) | (hi - lo > 1e-15 * hi)))
+
+  def body(state):
+    lam, lo, hi, g, dg, it = state
+    lo = jnp.where(g < 0, lam, lo)
+    hi = jnp.where(g > 0, lam, hi)
+    small = lam * spread <= 1.0
+    # Newton in log(lam) where G is ~linear in log(lam), in lam where it is ~linear in lam.
+    step_log = lam * jnp.exp(-g / jnp.maximum(lam * dg, tiny))
+    step_lin = lam - g / dg
+    new = jnp.where(small, step_log, step_lin)
+    bisect = jnp.where(jnp.isfinite(hi), jnp.sqrt(lo * hi), 4 * lam)
+    ok = jnp.isfinite(new) & (new > lo) & (new < hi)
+    new = jnp.where(ok, new, bisect)
+    new = jnp.where(active & (jnp.abs(g) > tol), new, lam)
+    g, dg = g_of(new)
+    return new, lo, hi, g, dg, it + 1
+
+  g0, dg0 = g_of(lam0)
+  lam, *_, it = lax.while_loop(cond, body, (lam0, lo, hi, g0, dg0, jnp.array(0)))
+  return lam, it
+
+
+@jax.custom_jvp
+def _root(logp, reward, delta, saturated):
+  """``lam`` with ``K(lam) = delta``: 0 where ``delta = 0`` or the row is saturated."""
+  active = (~saturated) & (delta > 0)
+  lam, it = _solve(logp, reward, delta, _prepare(logp, reward), active)
+  return jnp.where(active, lam, 0.0), it
+
+
+def _root_jvp(primals, tangents):
+  logp, reward, delta, saturated = primals
+  dlogp, dreward, ddelta, _ = tangents
+  lam, it = _root(logp, reward, delta, saturated)
+  c = _cumulants(logp, reward, lam, _prepare(logp, reward))
+  slope = lam * c.var                                   # K'(lam) = lam A''(lam)
+  inv = jnp.where(slope > 0, 1 / jnp.where(slope > 0, slope, 1.0), 0.0)
+  dlam = jnp.zeros_like(lam)
+  if not (isinstance(dlogp, SymbolicZero) and isinstance(dreward, SymbolicZero)):
+    dlogp = jnp.zeros_like(logp) if isinstance(dlogp, SymbolicZero) else dlogp
+    dreward = jnp.zeros_like(reward) if isinstance(dreward, SymbolicZero) else dreward
+    kl_of = lambda lp, r: _cumulants(lp, r, lam, _prepare(lp, r)).kl
+    _, dk = jax.jvp(kl_of, (logp, reward), (dlogp, dreward))
+    dlam = dlam - inv * dk                              # implicit function theorem
+  if not isinstance(ddelta, SymbolicZero):
+    dlam = dlam + inv * ddelta                          # d lam / d delta = 1 / K'(lam)
+  return (lam, it), (dlam, jnp.zeros(it.shape, jax.dtypes.float0))
+
+
+_root.defjvp(_root_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
+def _infinite_slope(delta, at_zero):
+  """Zero, with derivative ``+inf`` in ``delta`` where ``at_zero``: ``R'(0) = +inf``."""
+  return jnp.zeros_like(delta)
+
+
+def _infinite_slope_jvp(primals, tangents):
+  delta, at_zero = primals
+  ddelta, _ = tangents
+  out = jnp.zeros_like(delta)
+  if isinstance(ddelta, SymbolicZero):
+    return out, jnp.zeros_like(delta)
+  return out, jnp.where(at_zero, jnp.inf, 0.0) * ddelta
+
+
+_infinite_slope.defjvp(_infinite_slope_jvp, symbolic_zeros=True)
+
+
+@_checks.public
+def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."]) -> Constrained:
+  """Solves ``max_q E_q[r]`` subject to ``KL(q || p) <= delta`` in closed form.
+
+  Cases (SPEC section 1): for ``0 <= delta < delta_max`` the answer is the tilt whose ``lam``
+  solves ``lam A'(lam) - A(lam) = delta`` (the constraint is active); for
+  ``delta >= delta_max = -log p(S*)`` it is ``p( . | S*)``, ties at the maximum weighted in
+  proportion to ``p``, with ``beta = 0``; a constant reward is always saturated and returns
+  ``p``.
+
+  Derivatives are exact and implicit: ``d lam / d delta = 1 / (lam A''(lam))``, and those in
+  ``logp`` and ``reward`` follow from the implicit function theorem, so ``dR/d delta = beta``.
+  At ``delta = 0`` the solution is ``p`` and ``beta = inf``: ``d mean_reward / d delta`` is
+  ``+inf`` (the true one-sided limit, ``R'(delta) = beta``), ``d kl / d delta = 1``, the
+  derivatives in ``delta`` of ``log_policy``, ``lam`` and ``beta`` are reported as 0 (their true
+  values are infinite), and derivatives in ``logp`` and ``reward`` are those of ``p``. Saturated rows have ``d kl / d delta = 0`` and
+  the derivatives of ``p( . | S*)`` in ``logp`` and ``reward``.
+
+  Args:
+    logp: reference log-probabilities (``-inf`` for zero mass), shape ``(..., V)``.
+    reward: finite rewards, broadcasting with ``logp``.
+    delta: KL budget ``>= 0``, a scalar or one per row.
+
+  Returns:
+    A :class:`Constrained` with ``beta``, ``log_policy``, ``kl``, ``mean_reward``, ``lam``,
+    ``saturated`` and ``iterations``.
+  """
+  where = "klrl.tilted.kl_constrained"
+  logp, reward = _inputs(where, logp, reward)
+  delta = _row(where, "delta", delta, logp, _checks.nonnegative)
+  return _kl_constrained(logp, reward, delta)
+
+
+def _kl_constrained(logp, reward, delta) -> Constrained:
+  prep = _prepare(logp, reward)
+  dmax = -prep.log_ps
+  saturated = delta >= dmax
+  lam, it = _root(logp, reward, delta, saturated)
+  lam = jnp.where(saturated, 1.0, lam)   # a safe value on saturated rows, masked below
+  c = _cumulants(logp, reward, lam, prep)
+  log_tilt = _log_policy(logp, reward, lam, c)
+  # KL of the returned policy as computed, with the derivative of the identity K(lam(delta)) = delta.
+  kl_tilt = delta + lax.stop_gradient(c.kl - delta)
+
+  top = (logp > -jnp.inf) & (reward == prep.r_max[..., None])
+  log_sat = jnp.where(top, logp - prep.log_ps[..., None], -jnp.inf)
+  mean_sat = expectation(log_sat, reward)
+
+  sat = saturated[..., None]
+  safe_lam = jnp.where(lam > 0, lam, 1.0)
+  beta = jnp.where(saturated, 0.0, jnp.where(lam > 0, 1 / safe_lam, jnp.inf))
+  return Constrained(
+      beta=beta,
+      log_policy=jnp.where(sat, log_sat, log_tilt),
+      kl=jnp.where(saturated, dmax, kl_tilt),
+      mean_reward=jnp.where(saturated, mean_sat, c.mean + _infinite_slope(delta, (delta == 0) & ~saturated)),
+      lam=jnp.where(saturated, jnp.inf, lam),
+      saturated=saturated,
+      iterations=it,
+  )
+
+
+@_checks.public
+def frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."]) -> Float[Array, "..."]:
+  """The reward-KL frontier ``R(delta) = E_{phi_delta}[r]``: concave, increasing, ``R' = beta``."""
+  where = "klrl.tilted.frontier"
+  logp, reward = _inputs(where, logp, reward)
+  delta = _row(where, "delta", delta, logp, _checks.nonnegative)
+  return _kl_constrained(logp, reward, delta).mean_reward
+
+
+@_checks.public
+def dual_frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."],
+                  lam: Float[Array, "... k"]) -> Float[Array, "... k"]:
+  """The dual objective ``(delta + A(lam)) / lam`` on a grid of ``lam > 0`` (last axis).
+
+  Its minimum over ``lam`` is ``R(delta)``; every value is an upper bound on ``R(delta)``.
+  """
+  where = "klrl.tilted.dual_frontier"
+  logp, reward = _inputs(where, logp, reward)
+  delta = _row(where, "delta", delta, logp, _checks.nonnegative)
+  lam = _checks.positive(where, "lam", _checks.floating(where, "lam", lam, 1)).astype(logp.dtype)
+  a = jax.vmap(lambda l: logsumexp(logp + l[..., None] * reward, axis=-1), in_axes=-1, out_axes=-1)(
+      jnp.broadcast_to(lam, logp.shape[:-1] + lam.shape[-1:]))
+  return (delta[..., None] + a) / lam
