@@ -122,6 +122,18 @@ def log_probs(where: str, name: str, logp: jax.Array) -> jax.Array:
       f"(logsumexp must be 0 within {tol:g}; use jax.nn.log_softmax to normalise)")
 
 
+def normalised(where: str, name: str, logp: jax.Array, total: jax.Array) -> jax.Array:
+  """Like :func:`log_probs`, from ``total = sum(exp(logp), -1)`` already computed in a pass."""
+  tol = _tol(logp.dtype)
+  bad = ~(jnp.abs(jnp.log(total)) <= tol)
+  index = jnp.where(jnp.isnan(total).any(), 0, jnp.where((total == jnp.inf).any(), 1, 2))
+  msgs = (f"{where}: argument '{name}' contains NaN",
+          f"{where}: argument '{name}' contains +inf or huge values (log-probabilities are <= 0)",
+          f"{where}: argument '{name}' is not a log-probability vector over the last axis "
+          f"(logsumexp must be 0 within {tol:g}; use jax.nn.log_softmax to normalise)")
+  return eqx.branched_error_if(logp, bad.any(), index, msgs)
+
+
 def finite(where: str, name: str, x: jax.Array) -> jax.Array:
   return eqx.error_if(x, ~jnp.isfinite(x).all(), f"{where}: argument '{name}' must be finite (got NaN or +-inf)")
 

@@ -99,14 +99,15 @@ class Constrained(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Validation.
 
-def _inputs(where, logp, reward):
+def _inputs(where, logp, reward, values=True):
+  """Shape/dtype checks, and value checks unless the caller folds them into :func:`_prepare`."""
   logp = _checks.floating(where, "logp", logp, 1)
   reward = _checks.floating(where, "reward", reward, 1)
   _checks.same_support(where, "logp", logp, "reward", reward)
   shape = jnp.broadcast_shapes(logp.shape, reward.shape)
   dtype = jnp.result_type(logp, reward)
-  logp = _checks.log_probs(where, "logp", logp)
-  reward = _checks.finite(where, "reward", reward)
+  if values:
+    logp, reward = _checks.log_probs(where, "logp", logp), _checks.finite(where, "reward", reward)
   return jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)
 
 
@@ -125,18 +126,35 @@ class _Prep(NamedTuple):
   r_max: Array     # max reward over the support of p
   r_min: Array
   l_max: Array     # max log p
-  log_ps: Array    # log p(S*)
+  log_ps: Array    # log p(S*), or None when not asked for
 
 
-def _prepare(logp, reward) -> _Prep:
+def _prepare(where, logp, reward, top=True):
+  """Per-row constants from one pass, with the input value checks folded into that pass.
+
+  Returns the checked ``(logp, reward)`` (tied to the checks) and the :class:`_Prep`.
+  ``top=False`` skips ``log p(S*)``, which needs a second pass.
+  """
+  prep, total = _constants(logp, reward, top)
+  logp = _checks.normalised(where, "logp", logp, total)
+  reward = _checks.finite(where, "reward", reward)
+  return logp, reward, prep
+
+
+def _constants(logp, reward, top=True):
   mass = logp > -jnp.inf
+  p = jnp.exp(logp)
+  total = jnp.sum(p, axis=-1)
   r_max = jnp.max(jnp.where(mass, reward, -jnp.inf), axis=-1)
   r_min = jnp.min(jnp.where(mass, reward, jnp.inf), axis=-1)
-  mu = expectation(logp, reward)
-  var = jnp.maximum(expectation(logp, reward * reward) - mu * mu, 0.0)
-  top = mass & (reward == r_max[..., None])
-  log_ps = logsumexp(jnp.where(top, logp, -jnp.inf), axis=-1)
-  return _Prep(mu, var, r_max, r_min, jnp.max(logp, axis=-1), log_ps)
+  pr = jnp.where(mass, p * reward, 0.0)
+  mu = jnp.sum(pr, axis=-1)
+  var = jnp.maximum(jnp.sum(pr * reward, axis=-1) - mu * mu, 0.0)
+  log_ps = None
+  if top:
+    is_top = mass & (reward == r_max[..., None])
+    log_ps = logsumexp(jnp.where(is_top, logp, -jnp.inf), axis=-1)
+  return _Prep(mu, var, r_max, r_min, jnp.max(logp, axis=-1), log_ps), total
 
 
 def _e2(x):
@@ -154,33 +172,65 @@ def _fact(k):
   return out
 
 
-def _cumulants(logp, reward, lam, prep: _Prep) -> Cumulants:
-  small = lam * (prep.r_max - prep.r_min) <= 1.0
-  center = jnp.where(small, prep.mu, prep.r_max)
-  shift = jnp.where(small, 0.0, prep.l_max)
-  s = reward - center[..., None]
+def _sums_small(logp, reward, lam, prep, gap):
+  """Sums for ``lam (r_max - r_min) <= 1``: reward centred at its mean, ``expm1`` forms."""
+  s = reward - prep.mu[..., None]
   x = lam[..., None] * s
-  mass = logp > -jnp.inf
-  p_sh = jnp.exp(logp - shift[..., None])
-  t = p_sh * jnp.exp(x)
-  sm = small[..., None]
-  s0 = jnp.sum(jnp.where(sm, p_sh * _e2(x), t), axis=-1)
-  s1 = jnp.sum(jnp.where(sm, p_sh * s * jnp.expm1(x), t * s), axis=-1)
+  p = jnp.exp(logp)
+  t = p * jnp.exp(x)
+  s0 = jnp.sum(p * _e2(x), axis=-1)              # Z - 1 (the linear term vanishes: E_p s = 0)
+  s1 = jnp.sum(p * s * jnp.expm1(x), axis=-1)    # Z E_pi[s], all terms >= 0
   s2 = jnp.sum(t * s * s, axis=-1)
-  s_rest = jnp.sum(jnp.where(reward < prep.r_max[..., None], t, 0.0), axis=-1)
-  s_lp = jnp.sum(t * jnp.where(mass, logp, 0.0), axis=-1)
+  s_lp = jnp.sum(jnp.where(p > 0, t * logp, 0.0), axis=-1)
+  z = 1.0 + s0
+  logz_c, mean_c = jnp.log1p(s0), s1 / z
+  return logz_c, mean_c, s2 / z, s_lp / z, (jnp.zeros_like(lam) if gap else None)
 
-  s0_big = jnp.where(small, 1.0, s0)   # keeps the unused branch finite (and its gradient)
-  z = jnp.where(small, 1.0 + s0, s0_big)
-  logz_c = jnp.where(small, jnp.log1p(s0), prep.l_max + jnp.log(s0_big))
-  mean_c = s1 / z
-  var = jnp.maximum(s2 / z - mean_c * mean_c, 0.0)
+
+def _sums_large(logp, reward, lam, prep, gap):
+  """Sums for larger ``lam``: reward centred at ``r_max``, weights scaled by ``max p``."""
+  s = reward - prep.r_max[..., None]
+  t = jnp.exp(logp - prep.l_max[..., None] + lam[..., None] * s)
+  s0 = jnp.sum(t, axis=-1)
+  s1 = jnp.sum(t * s, axis=-1)
+  s2 = jnp.sum(t * s * s, axis=-1)
+  s_lp = jnp.sum(jnp.where(t > 0, t * logp, 0.0), axis=-1)
+  mean_c = s1 / s0
+  rest = None
+  if gap:   # delta_max - K = log(1 + rest / p(S*)) - lam E_pi[s], both terms >= 0
+    s_rest = jnp.sum(jnp.where(s < 0, t, 0.0), axis=-1)
+    rest = jnp.log1p(s_rest / jnp.exp(prep.log_ps - prep.l_max)) - lam * mean_c
+  return prep.l_max + jnp.log(s0), mean_c, s2 / s0, s_lp / s0, rest
+
+
+def _cumulants(logp, reward, lam, prep: _Prep, gap: bool = False) -> Cumulants:
+  """Cumulants at ``lam`` from one pass, choosing per row the accurate centring."""
+  small = lam * (prep.r_max - prep.r_min) <= 1.0
+  ones = jnp.ones_like(lam)
+  safe_small = jnp.where(small, lam, 0.0)      # each branch sees only values it handles well
+  safe_large = jnp.where(small, ones, lam)
+
+  def both(args):
+    a = _sums_small(logp, reward, safe_small, prep, gap)
+    b = _sums_large(logp, reward, safe_large, prep, gap)
+    return tuple(jnp.where(small, x, y) for x, y in zip(a[:4], b[:4])) + (b[4],)
+
+  def only_small(args):
+    return _sums_small(logp, reward, lam, prep, gap)
+
+  def only_large(args):
+    return _sums_large(logp, reward, lam, prep, gap)
+
+  branch = jnp.where(jnp.all(small), 0, jnp.where(jnp.any(small), 2, 1))
+  logz_c, mean_c, e_s2, e_lp, rest = lax.switch(branch, [only_small, only_large, both], None)
+  center = jnp.where(small, prep.mu, prep.r_max)
+  var = jnp.maximum(e_s2 - mean_c * mean_c, 0.0)
   kl = jnp.maximum(lam * mean_c - logz_c, 0.0)
-  p_top = jnp.exp(prep.log_ps - prep.l_max)
-  gap_large = jnp.log1p(s_rest / p_top) - lam * mean_c
-  kl_gap = jnp.maximum(jnp.where(small, -prep.log_ps - kl, gap_large), 0.0)
+  kl_gap = None
+  if gap:
+    kl_gap = jnp.maximum(jnp.where(small, -prep.log_ps - kl, rest), 0.0)
   return Cumulants(log_z=logz_c + lam * center, mean=mean_c + center, var=var, kl=kl,
-                   kl_gap=kl_gap, cross_entropy=-s_lp / z)
+                   kl_gap=kl_gap, cross_entropy=-e_lp)
 
 
 def _log_policy(logp, reward, lam, cum: Cumulants):
@@ -235,9 +285,10 @@ def cumulants(logp: Float[Array, "... v"], reward: Float[Array, "... v"], lam: F
     lam: inverse temperature ``lam = 1/beta >= 0`` (``lam = 0`` gives ``p`` itself).
   """
   where = "klrl.tilted.cumulants"
-  logp, reward = _inputs(where, logp, reward)
+  logp, reward = _inputs(where, logp, reward, values=False)
   lam = _row(where, "lam", lam, logp, _checks.nonnegative)
-  return _cumulants(logp, reward, lam, _prepare(logp, reward))
+  logp, reward, prep = _prepare(where, logp, reward, top=False)
+  return _cumulants(logp, reward, lam, prep)
 
 
 @_checks.public
@@ -248,9 +299,10 @@ def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Floa
   (SPEC section 1), from one pass over the data.
   """
   where = "klrl.tilted.stats"
-  logp, reward = _inputs(where, logp, reward)
+  logp, reward = _inputs(where, logp, reward, values=False)
   beta = _row(where, "beta", beta, logp, _checks.positive)
-  c = _cumulants(logp, reward, 1.0 / beta, _prepare(logp, reward))
+  logp, reward, prep = _prepare(where, logp, reward, top=False)
+  c = _cumulants(logp, reward, 1.0 / beta, prep)
   return TiltStats(log_z=c.log_z, kl=c.kl, mean_reward=c.mean, var_reward=c.var,
                    entropy=c.cross_entropy - c.kl)
 
@@ -282,8 +334,9 @@ def max_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Float[
 
   Budgets at or above it saturate the constraint. Zero for a constant reward.
   """
-  logp, reward = _inputs("klrl.tilted.max_kl", logp, reward)
-  return -_prepare(logp, reward).log_ps
+  where = "klrl.tilted.max_kl"
+  logp, reward = _inputs(where, logp, reward, values=False)
+  return -_prepare(where, logp, reward)[2].log_ps
 
 
 def _solve(logp, reward, delta, prep: _Prep, active):
@@ -300,7 +353,7 @@ def _solve(logp, reward, delta, prep: _Prep, active):
   tiny = jnp.finfo(dtype).tiny
 
   def g_of(lam):
-    c = _cumulants(logp, reward, lam, prep)
+    c = _cumulants(logp, reward, lam, prep, gap=True)
     g = jnp.log(jnp.maximum(c.kl, tiny)) - jnp.log(jnp.maximum(c.kl_gap, tiny)) - target
     dg = lam * c.var * (1 / jnp.maximum(c.kl, tiny) + 1 / jnp.maximum(c.kl_gap, tiny))
     return g, dg
@@ -331,25 +384,25 @@ def _solve(logp, reward, delta, prep: _Prep, active):
 
 
 @jax.custom_jvp
-def _root(logp, reward, delta, saturated):
+def _root(logp, reward, delta, saturated, prep):
   """``lam`` with ``K(lam) = delta``: 0 where ``delta = 0`` or the row is saturated."""
   active = (~saturated) & (delta > 0)
-  lam, it = _solve(logp, reward, delta, _prepare(logp, reward), active)
+  lam, it = _solve(logp, reward, delta, prep, active)
   return jnp.where(active, lam, 0.0), it
 
 
 def _root_jvp(primals, tangents):
-  logp, reward, delta, saturated = primals
-  dlogp, dreward, ddelta, _ = tangents
-  lam, it = _root(logp, reward, delta, saturated)
-  c = _cumulants(logp, reward, lam, _prepare(logp, reward))
+  logp, reward, delta, saturated, prep = primals
+  dlogp, dreward, ddelta = tangents[:3]
+  lam, it = _root(logp, reward, delta, saturated, prep)
+  c = _cumulants(logp, reward, lam, prep)
   slope = lam * c.var                                   # K'(lam) = lam A''(lam)
   inv = jnp.where(slope > 0, 1 / jnp.where(slope > 0, slope, 1.0), 0.0)
   dlam = jnp.zeros_like(lam)
   if not (isinstance(dlogp, SymbolicZero) and isinstance(dreward, SymbolicZero)):
     dlogp = jnp.zeros_like(logp) if isinstance(dlogp, SymbolicZero) else dlogp
     dreward = jnp.zeros_like(reward) if isinstance(dreward, SymbolicZero) else dreward
-    kl_of = lambda lp, r: _cumulants(lp, r, lam, _prepare(lp, r)).kl
+    kl_of = lambda lp, r: _cumulants(lp, r, lam, _constants(lp, r, top=False)[0]).kl
     _, dk = jax.jvp(kl_of, (logp, reward), (dlogp, dreward))
     dlam = dlam - inv * dk                              # implicit function theorem
   if not isinstance(ddelta, SymbolicZero):
@@ -406,16 +459,16 @@ def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], d
     ``saturated`` and ``iterations``.
   """
   where = "klrl.tilted.kl_constrained"
-  logp, reward = _inputs(where, logp, reward)
+  logp, reward = _inputs(where, logp, reward, values=False)
   delta = _row(where, "delta", delta, logp, _checks.nonnegative)
-  return _kl_constrained(logp, reward, delta)
+  return _kl_constrained(where, logp, reward, delta)
 
 
-def _kl_constrained(logp, reward, delta) -> Constrained:
-  prep = _prepare(logp, reward)
+def _kl_constrained(where, logp, reward, delta) -> Constrained:
+  logp, reward, prep = _prepare(where, logp, reward)
   dmax = -prep.log_ps
   saturated = delta >= dmax
-  lam, it = _root(logp, reward, delta, saturated)
+  lam, it = _root(logp, reward, delta, saturated, prep)
   lam = jnp.where(saturated, 1.0, lam)   # a safe value on saturated rows, masked below
   c = _cumulants(logp, reward, lam, prep)
   log_tilt = _log_policy(logp, reward, lam, c)
@@ -444,9 +497,9 @@ def _kl_constrained(logp, reward, delta) -> Constrained:
 def frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."]) -> Float[Array, "..."]:
   """The reward-KL frontier ``R(delta) = E_{phi_delta}[r]``: concave, increasing, ``R' = beta``."""
   where = "klrl.tilted.frontier"
-  logp, reward = _inputs(where, logp, reward)
+  logp, reward = _inputs(where, logp, reward, values=False)
   delta = _row(where, "delta", delta, logp, _checks.nonnegative)
-  return _kl_constrained(logp, reward, delta).mean_reward
+  return _kl_constrained(where, logp, reward, delta).mean_reward
 
 
 @_checks.public

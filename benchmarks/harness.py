@@ -1,0 +1,134 @@
+"""Timing harness shared by the benchmark suites.
+
+Compile time and steady-state run time are measured separately; run times are medians over
+repeats. Each result is reported against a baseline measured in the same run and against the
+machine's copy bandwidth, also measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _block(x):
+  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+
+
+def median_time(fn, *args, repeats: int = 7, min_time: float = 0.0) -> float:
+  """Median wall time of ``fn(*args)`` (results blocked on), after one warm-up call."""
+  _block(fn(*args))
+  times = []
+  while len(times) < repeats or sum(times) < min_time:
+    t = time.perf_counter()
+    _block(fn(*args))
+    times.append(time.perf_counter() - t)
+    if len(times) > 200:
+      break
+  return statistics.median(times)
+
+
+def compile_time(jitted, *args) -> float:
+  """Seconds to lower and compile a jitted function for these arguments."""
+  t = time.perf_counter()
+  jitted.lower(*args).compile()
+  return time.perf_counter() - t
+
+
+def copy_bandwidth(nbytes: int = 1 << 28) -> dict:
+  """Memory bandwidth from a large copy (bytes read plus bytes written per second)."""
+  a = np.ones(nbytes // 8)
+  b = np.empty_like(a)
+  t = median_time(lambda: np.copyto(b, a), repeats=5)
+  out = {"host_copy_GBps": 2 * a.nbytes / t / 1e9}
+  dev = jax.devices()[0]
+  if dev.platform != "cpu":
+    x = jax.device_put(np.ones(nbytes // 4, np.float32))
+    f = jax.jit(lambda x: x + 1)
+    t = median_time(f, x, repeats=10)
+    out["device_copy_GBps"] = 2 * x.nbytes / t / 1e9
+  return out
+
+
+def machine() -> dict:
+  cpu = platform.processor()
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  devices = jax.devices()
+  info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+          "platform": devices[0].platform, "devices": [d.device_kind for d in devices],
+          "numpy": np.__version__}
+  try:
+    import scipy
+    info["scipy"] = scipy.__version__
+  except ImportError:
+    pass
+  if devices[0].platform == "gpu":
+    try:
+      info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      pass
+  return info
+
+
+@dataclass
+class Row:
+  suite: str
+  case: str
+  size: str
+  compile_s: float
+  run_s: float
+  baseline: str
+  baseline_s: float | None
+  bytes_moved: float | None = None
+  extra: dict = field(default_factory=dict)
+
+  @property
+  def speedup(self) -> float | None:
+    return None if not self.baseline_s else self.baseline_s / self.run_s
+
+  def gbps(self) -> float | None:
+    return None if not self.bytes_moved else self.bytes_moved / self.run_s / 1e9
+
+
+def table(rows: list[Row], bandwidth: float) -> str:
+  head = "| suite | case | size | compile s | run ms | baseline | baseline ms | speed-up | GB/s | % of copy BW | notes |"
+  out = [head, "|" + "---|" * 11]
+  for r in rows:
+    g = r.gbps()
+    notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
+    out.append(f"| {r.suite} | {r.case} | {r.size} | {r.compile_s:.2f} | {r.run_s * 1e3:.3f} | {r.baseline} | "
+               f"{'' if r.baseline_s is None else f'{r.baseline_s * 1e3:.3f}'} | "
+               f"{'' if r.speedup is None else f'{r.speedup:.2f}x'} | {'' if g is None else f'{g:.1f}'} | "
+               f"{'' if g is None else f'{100 * g / bandwidth:.0f}%'} | {notes} |")
+  return "\n".join(out)
+
+
+def save(rows: list[Row], info: dict, bw: dict, tag: str) -> Path:
+  RESULTS.mkdir(exist_ok=True)
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  base = RESULTS / f"{tag}-{stamp}"
+  bandwidth = bw.get("device_copy_GBps", bw["host_copy_GBps"])
+  payload = {"machine": info, "bandwidth": bw, "rows": [asdict(r) | {"speedup": r.speedup, "GBps": r.gbps()} for r in rows]}
+  base.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+  md = [f"# Benchmarks {stamp} ({tag})", "", "Machine: " + ", ".join(f"{k}: {v}" for k, v in info.items()),
+        "", "Copy bandwidth (read + write): " + ", ".join(f"{k} = {v:.1f}" for k, v in bw.items()), "",
+        table(rows, bandwidth), ""]
+  base.with_suffix(".md").write_text("\n".join(md))
+  return base

@@ -1,0 +1,40 @@
+"""Runs the benchmark suites: ``python -m benchmarks.run [--suite NAME ...] [--max-log2v N]``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import jax
+
+from benchmarks import harness
+
+SUITES = ["tilted"]
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--suite", action="append", choices=SUITES, help="suite(s) to run (default: all)")
+  parser.add_argument("--max-log2v", type=int, default=20, help="largest vocabulary is 2**N")
+  parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke test)")
+  parser.add_argument("--tag", default=None, help="name of the results file (default: the platform)")
+  args = parser.parse_args(argv)
+  jax.config.update("jax_enable_x64", True)
+  info, bw = harness.machine(), harness.copy_bandwidth()
+  bandwidth = bw.get("device_copy_GBps", bw["host_copy_GBps"])
+  print("machine:", info)
+  print("copy bandwidth (GB/s, read + write):", {k: round(v, 1) for k, v in bw.items()})
+  rows = []
+  for name in args.suite or SUITES:
+    suite = importlib.import_module(f"benchmarks.bench_{name}")
+    for row in suite.run(args):
+      print(harness.table([row], bandwidth).splitlines()[-1], flush=True)
+      rows.append(row)
+  print()
+  print(harness.table(rows, bandwidth))
+  if not args.quick:
+    path = harness.save(rows, info, bw, args.tag or info["platform"])
+    print(f"\nsaved {path}.json and {path}.md")
+
+
+if __name__ == "__main__":
+  main()
