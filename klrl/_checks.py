@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import re
 
 import equinox as eqx
 import jax
@@ -26,10 +27,23 @@ class InputError(ValueError):
   """Bad input to a public klrl function; the message names the argument."""
 
 
-def _as_array(x):
+def _as_array(fn_name: str, name: str, x):
   if isinstance(x, (numbers.Number, np.ndarray, np.generic, list, tuple)) and not isinstance(x, bool):
-    return jnp.asarray(x)
+    try:
+      return jnp.asarray(x)
+    except (TypeError, ValueError):
+      raise InputError(f"{fn_name}: argument '{name}' must be a numeric array, got {type(x).__name__} "
+                       f"of dtype {getattr(np.asarray(x), 'dtype', '?')}") from None
   return x
+
+
+_MESSAGE = re.compile(r"klrl\.[\w.]+: argument '.*")
+
+
+def _message(err: Exception) -> str:
+  """The klrl message inside an equinox error (which also carries stack traces)."""
+  found = _MESSAGE.findall(str(err))
+  return found[-1].strip() if found else str(err).strip()
 
 
 def public(fn=None, *, static: tuple[str, ...] = ()):
@@ -44,15 +58,16 @@ def public(fn=None, *, static: tuple[str, ...] = ()):
   jitted = eqx.filter_jit(fn)
   names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
 
+  where = f"{fn.__module__}.{fn.__name__}"
+
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    args = tuple(a if n in static else _as_array(a) for n, a in zip(names, args))
-    kwargs = {k: v if k in static else _as_array(v) for k, v in kwargs.items()}
+    args = tuple(a if n in static else _as_array(where, n, a) for n, a in zip(names, args))
+    kwargs = {k: v if k in static else _as_array(where, k, v) for k, v in kwargs.items()}
     try:
       return jitted(*args, **kwargs)
     except (eqx.EquinoxRuntimeError, eqx.EquinoxTracetimeError) as e:
-      msg = str(e).strip().split("\n\n")[0].strip()
-      raise InputError(msg) from None
+      raise InputError(_message(e)) from None
 
   wrapper.__wrapped__ = fn
   return wrapper
@@ -91,8 +106,11 @@ def same_support(where: str, name_a: str, a, name_b: str, b):
     _fail(where, name_b, f"has shape {b.shape}, whose batch axes do not broadcast with '{name_a}' of shape {a.shape}")
 
 
-def batch_param(where: str, name: str, x, batch_shape: tuple[int, ...]) -> jax.Array:
-  """A per-row parameter: a scalar or an array that broadcasts to ``batch_shape``."""
+def batch_param(where: str, name: str, x, batch_shape: tuple[int, ...], dtype=None) -> jax.Array:
+  """A per-row parameter: a scalar or an array that broadcasts to ``batch_shape``.
+
+  Returns it broadcast to ``batch_shape`` (and cast to ``dtype`` if given).
+  """
   x = floating(where, name, x)
   try:
     out = np.broadcast_shapes(x.shape, batch_shape)
@@ -100,7 +118,7 @@ def batch_param(where: str, name: str, x, batch_shape: tuple[int, ...]) -> jax.A
     out = None
   if out != tuple(batch_shape):
     _fail(where, name, f"must be a scalar or broadcast to the batch shape {tuple(batch_shape)}, got shape {x.shape}")
-  return x
+  return jnp.broadcast_to(x if dtype is None else x.astype(dtype), batch_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,16 +140,25 @@ def log_probs(where: str, name: str, logp: jax.Array) -> jax.Array:
       f"(logsumexp must be 0 within {tol:g}; use jax.nn.log_softmax to normalise)")
 
 
-def normalised(where: str, name: str, logp: jax.Array, total: jax.Array) -> jax.Array:
-  """Like :func:`log_probs`, from ``total = sum(exp(logp), -1)`` already computed in a pass."""
-  tol = _tol(logp.dtype)
+def normalised(where: str, name: str, x, total: jax.Array):
+  """Like :func:`log_probs`, from ``total = sum(exp(logp), -1)`` computed in an existing pass.
+
+  ``x`` is any pytree to tie the check to (the log-probabilities and what was computed from
+  them), so that no output escapes the check.
+  """
+  tol = _tol(total.dtype)
   bad = ~(jnp.abs(jnp.log(total)) <= tol)
   index = jnp.where(jnp.isnan(total).any(), 0, jnp.where((total == jnp.inf).any(), 1, 2))
   msgs = (f"{where}: argument '{name}' contains NaN",
           f"{where}: argument '{name}' contains +inf or huge values (log-probabilities are <= 0)",
           f"{where}: argument '{name}' is not a log-probability vector over the last axis "
           f"(logsumexp must be 0 within {tol:g}; use jax.nn.log_softmax to normalise)")
-  return eqx.branched_error_if(logp, bad.any(), index, msgs)
+  return eqx.branched_error_if(x, bad.any(), index, msgs)
+
+
+def finite_probe(where: str, name: str, x, probe: jax.Array):
+  """Raises unless ``probe`` is finite; ``probe = sum(0 * values)`` is NaN iff a value is not finite."""
+  return eqx.error_if(x, ~jnp.isfinite(probe).all(), f"{where}: argument '{name}' must be finite (got NaN or +-inf)")
 
 
 def finite(where: str, name: str, x: jax.Array) -> jax.Array:

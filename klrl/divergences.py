@@ -133,8 +133,7 @@ def renyi_divergence(logp: Float[Array, "... v"], logq: Float[Array, "... v"],
   """
   where = "klrl.divergences.renyi_divergence"
   logp, logq = _pair(where, logp, logq)
-  alpha = _checks.positive(where, "alpha", _checks.batch_param(where, "alpha", alpha, logp.shape[:-1]))
-  alpha = alpha.astype(logp.dtype)
+  alpha = _checks.positive(where, "alpha", _checks.batch_param(where, "alpha", alpha, logp.shape[:-1], logp.dtype))
   is_one = alpha == 1
   a = jnp.where(is_one, 2.0, alpha)[..., None]
   p = jnp.exp(logp)
@@ -153,7 +152,7 @@ def renyi_cross_entropy(logp: Float[Array, "... v"], logq: Float[Array, "... v"]
   """
   where = "klrl.divergences.renyi_cross_entropy"
   logp, logq = _pair(where, logp, logq)
-  alpha = _checks.batch_param(where, "alpha", alpha, logp.shape[:-1]).astype(logp.dtype)
+  alpha = _checks.batch_param(where, "alpha", alpha, logp.shape[:-1], logp.dtype)
   is_one = alpha == 1
   safe = jnp.where(is_one, 2.0, alpha)
   p = jnp.exp(logp)

@@ -112,9 +112,7 @@ def _inputs(where, logp, reward, values=True):
 
 
 def _row(where, name, x, logp, check):
-  x = _checks.batch_param(where, name, x, logp.shape[:-1])
-  x = check(where, name, x)
-  return jnp.broadcast_to(x, logp.shape[:-1]).astype(logp.dtype)
+  return check(where, name, _checks.batch_param(where, name, x, logp.shape[:-1], logp.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,10 +133,9 @@ def _prepare(where, logp, reward, top=True):
   Returns the checked ``(logp, reward)`` (tied to the checks) and the :class:`_Prep`.
   ``top=False`` skips ``log p(S*)``, which needs a second pass.
   """
-  prep, total = _constants(logp, reward, top)
-  logp = _checks.normalised(where, "logp", logp, total)
-  reward = _checks.finite(where, "reward", reward)
-  return logp, reward, prep
+  prep, total, probe = _constants(logp, reward, top)
+  tree = _checks.normalised(where, "logp", (logp, reward, prep), total)
+  return _checks.finite_probe(where, "reward", tree, probe)
 
 
 def _constants(logp, reward, top=True):
@@ -154,7 +151,8 @@ def _constants(logp, reward, top=True):
   if top:
     is_top = mass & (reward == r_max[..., None])
     log_ps = logsumexp(jnp.where(is_top, logp, -jnp.inf), axis=-1)
-  return _Prep(mu, var, r_max, r_min, jnp.max(logp, axis=-1), log_ps), total
+  probe = jnp.sum(0.0 * reward, axis=-1)
+  return _Prep(mu, var, r_max, r_min, jnp.max(logp, axis=-1), log_ps), total, probe
 
 
 def _e2(x):
@@ -513,6 +511,10 @@ def dual_frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], de
   logp, reward = _inputs(where, logp, reward)
   delta = _row(where, "delta", delta, logp, _checks.nonnegative)
   lam = _checks.positive(where, "lam", _checks.floating(where, "lam", lam, 1)).astype(logp.dtype)
-  a = jax.vmap(lambda l: logsumexp(logp + l[..., None] * reward, axis=-1), in_axes=-1, out_axes=-1)(
-      jnp.broadcast_to(lam, logp.shape[:-1] + lam.shape[-1:]))
+  try:
+    lam = jnp.broadcast_to(lam, logp.shape[:-1] + lam.shape[-1:])
+  except ValueError:
+    raise _checks.InputError(f"{where}: argument 'lam' has shape {lam.shape}, which does not broadcast "
+                             f"with the batch shape {logp.shape[:-1]}") from None
+  a = logsumexp(logp[..., None, :] + lam[..., None] * reward[..., None, :], axis=-1)
   return (delta[..., None] + a) / lam
