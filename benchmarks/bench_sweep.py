@@ -100,7 +100,7 @@ def run(args):
   s = sizes(args.quick)
   rows = [_row(measure(**s), s["log2v"], f"{len(jax.local_devices())} device(s)")]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 " + os.environ.get("XLA_FLAGS", ""),
-             PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
   cmd = [sys.executable, "-m", "benchmarks.bench_sweep", *[f"--{k}={v}" for k, v in s.items()]]
   done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=env["PYTHONPATH"])
   line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]

@@ -66,7 +66,7 @@ def _sweep(args) -> int:
     print(engine.describe(cfg))
     return 0
   out = Path(args.out or cfg.out or Path("runs") / "sweeps" / Path(args.config).stem)
-  dist = engine.distributed_settings(cfg.distributed, coordinator_address=args.coordinator,
+  dist = engine.distributed_settings(cfg.distributed, args.distributed, coordinator_address=args.coordinator,
                                      num_processes=args.num_processes, process_id=args.process_id)
   try:
     summary = engine.sweep(cfg, out, quiet=args.quiet, distributed=dist)
@@ -118,6 +118,8 @@ def main(argv=None) -> int:
   sw.add_argument("--out", help="results directory (default: [run] out, else runs/sweeps/<config name>)")
   sw.add_argument("--quiet", action="store_true", help="no progress display")
   sw.add_argument("--dry-run", action="store_true", help="check the configuration and describe the grid only")
+  sw.add_argument("--distributed", action="store_true",
+                  help="multi-host: initialise jax.distributed (settings below, else from the cluster scheduler)")
   sw.add_argument("--coordinator", help="multi-host: address host:port of process 0 (JAX_COORDINATOR_ADDRESS)")
   sw.add_argument("--num-processes", type=int, help="multi-host: number of processes (JAX_NUM_PROCESSES)")
   sw.add_argument("--process-id", type=int, help="multi-host: index of this process (JAX_PROCESS_ID)")

@@ -119,6 +119,12 @@ def test_digest_depends_on_the_points_not_the_spelling():
   b = parse('experiment = "tilted.stats"\n[fixed]\nvocab = 8\n[grid]\nbeta = [1.0, 2.0, 3.0]\n[run]\nout = "b"')
   c = parse('experiment = "tilted.stats"\n[fixed]\nvocab = 9\n[grid]\nbeta = [1.0, 2.0, 3.0]')
   assert a.digest() == b.digest() != c.digest()
+  # the order of the axes orders the points, so it is part of the digest
+  d = parse('experiment = "tilted.stats"\n[fixed]\nvocab = 8\n[grid]\nbeta = [1.0, 2.0]\nseed = [0, 1]')
+  e = parse('experiment = "tilted.stats"\n[fixed]\nvocab = 8\n[grid]\nseed = [0, 1]\nbeta = [1.0, 2.0]')
+  assert d.digest() != e.digest()
+  from klrl.sweep.store import _diff
+  assert _diff(d.resolved(), e.resolved()) == ["order of the grid axes: ['beta', 'seed'] -> ['seed', 'beta']"]
 
 
 BAD = """
@@ -218,3 +224,11 @@ def test_toml_syntax_error_and_unreadable_file(tmp_path):
   assert "not valid TOML" in errors["(file)"] and "line 2" in message
   with pytest.raises(ConfigError, match="cannot be read"):
     load(tmp_path / "absent.toml")
+
+
+def test_experiment_declarations_are_checked():
+  from klrl.sweep import Param, experiment
+  with pytest.raises(ValueError, match=r"\['flag'\] must be static"):
+    experiment("x.flags", params=dict(flag=Param(bool)), outputs=("y",))(lambda p, dtype: {})
+  with pytest.raises(ValueError, match="both parameters and outputs"):
+    experiment("x.clash", params=dict(y=Param(float)), outputs=("y",))(lambda p, dtype: {})

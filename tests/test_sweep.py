@@ -337,6 +337,7 @@ def test_kill_9_then_resume_loses_duplicates_and_recomputes_nothing(tmp_path, ca
   assert second.isdisjoint(before) and second == set(range(total)) - set(before)
   m = json.loads((out / "manifest.json").read_text())
   assert set(m["unlogged"]) <= set(before) and len(m["unlogged"]) <= 1
+  assert sorted(p.name for p in (out / "chunks").iterdir()) == [f"c{c:06d}.csv" for c in range(total)]  # no temporaries
   assert [r["status"] for r in m["processes"][0]["runs"]] == ["interrupted", "finished"]
   # every grid point exactly once, in order, with its own parameters (values: see the oracle tests)
   rows = table(out / "results.csv")
@@ -352,3 +353,17 @@ def test_kill_9_then_resume_loses_duplicates_and_recomputes_nothing(tmp_path, ca
   err = capsys.readouterr().err
   assert "different configuration" in err and "fixed.vocab: 32768 -> 16384" in err and "Refusing to mix" in err
   assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+
+
+def test_distributed_settings_precedence(monkeypatch):
+  for v in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(v, raising=False)
+  assert engine.distributed_settings(None) is None
+  assert engine.distributed_settings(None, True) == {}               # --distributed: the scheduler's values
+  table = dict(coordinator_address="a:1", num_processes=4)
+  assert engine.distributed_settings(table) == table
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "8")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  assert engine.distributed_settings(table) == dict(coordinator_address="a:1", num_processes=8, process_id=3)
+  assert engine.distributed_settings(table, process_id=5, coordinator_address=None)["process_id"] == 5
+  assert engine.distributed_settings(None) == dict(num_processes=8, process_id=3)

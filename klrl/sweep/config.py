@@ -92,8 +92,11 @@ class Config(NamedTuple):
   distributed: dict[str, Any] | None
 
   def resolved(self) -> dict[str, Any]:
-    """Everything that determines the rows of the results (not where they go or who runs them)."""
-    return dict(experiment=self.experiment, fixed=self.fixed, axes={k: list(v) for k, v in self.axes.items()},
+    """Everything that determines the rows of the results (not where they go or who runs them).
+
+    Axes are a list of ``[name, values]``: their order fixes the order of the grid points.
+    """
+    return dict(experiment=self.experiment, fixed=self.fixed, axes=[[k, list(v)] for k, v in self.axes.items()],
                 zip=[list(g) for g in self.zip], chunk_size=self.chunk_size, precision=self.precision)
 
   def digest(self) -> str:

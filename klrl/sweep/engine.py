@@ -221,8 +221,8 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
     store.append_log(out, proc, dict(chunk=chunk.id, run=record["run"], process=proc, points=n,
                                      finished=store.now(), seconds=round(t_end - t_prev - (compiling - compiling_prev), 6),
                                      write_seconds=round(t_end - t_ready, 6), compile_seconds=round(compile_seconds, 6)))
+    progress.update(n, paused=compiling - compiling_prev)
     t_prev, compiling_prev = t_end, compiling
-    progress.update(n)
 
   try:
     pending = None
@@ -260,14 +260,15 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
                  len(done), seconds)
 
 
-def distributed_settings(table: dict | None, **given) -> dict | None:
+def distributed_settings(table: dict | None, force: bool = False, **given) -> dict | None:
   """Multi-host settings: ``given`` (non-None) over the environment over the configuration table.
 
-  Returns ``None`` when nothing asks for a distributed run.
+  Returns ``None`` when nothing asks for a distributed run (no table, no variable, no value
+  given, not ``force``); settings left out are detected by :func:`jax.distributed.initialize`.
   """
   env = {k: os.environ[v] for k, v in _ENV.items() if os.environ.get(v)}
   given = {k: v for k, v in given.items() if v is not None}
-  if table is None and not env and not given:
+  if table is None and not env and not given and not force:
     return None
   merged = {**(table or {}), **env, **given}
   for k in ("num_processes", "process_id"):

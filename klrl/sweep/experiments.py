@@ -77,6 +77,9 @@ def experiment(name: str, *, params: dict[str, Param], outputs: tuple[str, ...])
     clash = set(params) & set(outputs)
     if clash:
       raise ValueError(f"experiment {name}: names {sorted(clash)} are both parameters and outputs")
+    traced = [k for k, p in params.items() if p.type in (str, bool) and not p.static]
+    if traced:
+      raise ValueError(f"experiment {name}: string and boolean parameters {traced} must be static")
     EXPERIMENTS[name] = Experiment(name, fn, dict(params), tuple(outputs), (fn.__doc__ or "").strip())
     return fn
   return register

@@ -83,7 +83,7 @@ def plot(results: str | Path, x: str, y: str, group: str | None = None, *, where
   xs, ys, labels = xs[keep], ys[keep], labels[keep]
 
   meta = _results_path(results).parent / "sweep.json"
-  axes = list(json.loads(meta.read_text())["config"]["axes"]) if meta.exists() else []
+  axes = [k for k, _ in json.loads(meta.read_text())["config"]["axes"]] if meta.exists() else []
   others = [a for a in axes if a not in (x, group) and len(set(np.array(table[a])[keep])) > 1]
 
   fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -23,8 +23,8 @@ class Progress:
 
   On a terminal the line is redrawn in place (at most ten times a second); otherwise a line is
   printed at most every ``every`` seconds, and always at the end. Nothing is printed when
-  ``quiet``. Throughput counts the points computed by this run since its first chunk finished
-  (so compilation is not counted); the remaining time assumes that rate.
+  ``quiet``. Throughput counts the points computed by this run since its first chunk finished,
+  less the time reported as ``paused`` (compilation); the remaining time assumes that rate.
   """
 
   def __init__(self, points: int, chunks: int, *, label: str = "sweep", quiet: bool = False,
@@ -37,13 +37,14 @@ class Progress:
     self.t0 = time.perf_counter()
     self.t_first = None
     self.first_points = 0
+    self.paused = 0.0
     self.last = -float("inf")
 
   def rate(self) -> float:
     """Points per second since the first chunk finished (0 before the second)."""
     if self.t_first is None:
       return 0.0
-    dt = time.perf_counter() - self.t_first
+    dt = time.perf_counter() - self.t_first - self.paused
     return (self.done_points - self.first_points) / dt if dt > 0 else 0.0
 
   def line(self) -> str:
@@ -52,15 +53,18 @@ class Progress:
     eta = left / rate if rate > 0 else (0.0 if left == 0 else float("nan"))
     pct = 100.0 * self.done_points / max(self.points, 1)
     return (f"[{self.label}] {self.done_chunks}/{self.chunks} chunks, {self.done_points}/{self.points} points "
-            f"({pct:.0f}%), {rate:,.0f} points/s, elapsed {duration(time.perf_counter() - self.t0)}, "
+            f"({pct:.0f}%), {f'{rate:,.0f}' if rate > 0 else '?'} points/s, "
+            f"elapsed {duration(time.perf_counter() - self.t0)}, "
             f"ETA {duration(eta)}")
 
-  def update(self, points: int, chunks: int = 1) -> None:
-    """Records a finished chunk of ``points`` points."""
+  def update(self, points: int, chunks: int = 1, paused: float = 0.0) -> None:
+    """Records a finished chunk of ``points`` points; ``paused``: seconds not spent computing since the last."""
     self.done_points += points
     self.done_chunks += chunks
     if self.t_first is None:
       self.t_first, self.first_points = time.perf_counter(), self.done_points
+    else:
+      self.paused += paused
     now = time.perf_counter()
     if now - self.last >= self.every or self.done_chunks == self.chunks:
       self.last = now

@@ -72,8 +72,10 @@ def _diff(old: dict, new: dict) -> list[str]:
   out = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
          for k in ("experiment", "chunk_size", "precision", "zip") if old.get(k) != new.get(k)]
   for table, label in (("fixed", "fixed"), ("axes", "grid")):
-    a, b = old.get(table, {}), new.get(table, {})
+    a, b = dict(old.get(table, {})), dict(new.get(table, {}))
     out += [f"{label}.{k}: {_short(a.get(k))} -> {_short(b.get(k))}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+  if [k for k, _ in old.get("axes", [])] != [k for k, _ in new.get("axes", [])]:
+    out.append(f"order of the grid axes: {[k for k, _ in old['axes']]} -> {[k for k, _ in new['axes']]}")
   return out
 
 
