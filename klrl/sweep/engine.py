@@ -18,6 +18,7 @@ says how to merge the hosts' directories with ``klrl merge``.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -84,6 +85,7 @@ class ChunkFailed(store.SweepError):
                f"{m.group(1) if m else msg[:2000]}")
 
 
+@functools.cache
 def versions() -> dict[str, str]:
   from klrl import __version__
   out = {"python": platform.python_version(), "klrl": __version__}
