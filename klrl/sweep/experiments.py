@@ -1,0 +1,139 @@
+"""The experiments a sweep can run: pure functions from one grid point to its measurements.
+
+An experiment maps a mapping of scalar parameters to a dict of scalar outputs. Parameters are
+declared with :class:`Param`: *static* ones (sizes, choices, flags) are Python values fixed
+for a compiled kernel, *traced* ones (budgets, temperatures, seeds) are 0-d arrays, so the
+engine ``vmap``\\ s the function over the points of a chunk inside one ``jit``. Everything a
+sweep needs to know about an experiment (the schema of its parameters, its outputs) is in its
+declaration; the configuration check and the engine read nothing else.
+
+Adding an experiment for another module is one decorated function::
+
+    @experiment("bon.stats", params=dict(INSTANCE, n=Param(float, low=1.0)),
+                outputs=("kl", "mean_reward", "win_rate"))
+    def bon_stats(p, dtype):
+      logp, reward = instance(p, dtype)
+      s = bon.stats(logp, reward, p["n"])
+      return dict(kl=s.kl, mean_reward=s.mean_reward, win_rate=s.win_rate)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from klrl import problems, tilted
+
+__all__ = ["Param", "Experiment", "EXPERIMENTS", "experiment", "INSTANCE", "instance"]
+
+REQUIRED = object()
+
+
+class Param(NamedTuple):
+  """Declaration of one parameter of an experiment.
+
+  Attributes:
+    type: ``int``, ``float``, ``str`` or ``bool`` (strings and flags are always static).
+    static: whether the value is a compile-time constant (shapes, choices) rather than traced.
+    default: value used when the configuration does not set it; ``REQUIRED`` if none.
+    low: smallest allowed value (inclusive), for numbers.
+    high: largest allowed value (inclusive), for numbers.
+    positive: whether the value must be ``> 0`` (numbers).
+    choices: allowed values (strings).
+    doc: one line for the documentation and error messages.
+  """
+  type: type
+  static: bool = False
+  default: Any = REQUIRED
+  low: float | None = None
+  high: float | None = None
+  positive: bool = False
+  choices: tuple | None = None
+  doc: str = ""
+
+  @property
+  def required(self) -> bool:
+    return self.default is REQUIRED
+
+
+class Experiment(NamedTuple):
+  """A registered experiment: ``fn(params, dtype) -> {output: 0-d array}``."""
+  name: str
+  fn: Callable[[Mapping[str, Any], Any], dict[str, Array]]
+  params: dict[str, Param]
+  outputs: tuple[str, ...]
+  doc: str
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def experiment(name: str, *, params: dict[str, Param], outputs: tuple[str, ...]):
+  """Registers ``fn(params, dtype) -> dict`` under ``name`` (``"<module>.<what>"``)."""
+  def register(fn):
+    clash = set(params) & set(outputs)
+    if clash:
+      raise ValueError(f"experiment {name}: names {sorted(clash)} are both parameters and outputs")
+    traced = [k for k, p in params.items() if p.type in (str, bool) and not p.static]
+    if traced:
+      raise ValueError(f"experiment {name}: string and boolean parameters {traced} must be static")
+    EXPERIMENTS[name] = Experiment(name, fn, dict(params), tuple(outputs), (fn.__doc__ or "").strip())
+    return fn
+  return register
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem instances shared by experiments on one reference/reward pair.
+
+INSTANCE = dict(
+    vocab=Param(int, static=True, low=2, doc="support size V"),
+    problem=Param(str, static=True, default="random", choices=("random", "zipf"),
+                  doc="'random': Gaussian logits and rewards (klrl.problems.random_problem); "
+                      "'zipf': Zipf reference with linear reward (klrl.problems.zipf_linear)"),
+    seed=Param(int, default=0, low=0, doc="PRNG seed of the random instance"),
+    temperature=Param(float, default=2.0, low=0.0, doc="scale of the random logits"),
+    ties=Param(int, static=True, default=0, low=0, doc="if > 0, rewards rounded to this many levels per unit"),
+    exponent=Param(float, default=1.1, low=0.0, doc="Zipf exponent"),
+)
+
+
+def instance(p: Mapping[str, Any], dtype) -> tuple[Float[Array, "v"], Float[Array, "v"]]:
+  """The reference/reward pair named by the :data:`INSTANCE` parameters of a grid point."""
+  if p["problem"] == "zipf":
+    return problems.zipf_linear(p["vocab"], p["exponent"], dtype)
+  logp, reward = problems.random_problem(jax.random.PRNGKey(p["seed"]), 1, p["vocab"],
+                                         temperature=p["temperature"], ties=p["ties"], dtype=dtype)
+  return logp[0], reward[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.tilted (SPEC section 1).
+
+@experiment(
+    "tilted.frontier",
+    params=dict(INSTANCE,
+                delta=Param(float, low=0.0, doc="KL budget Δ (a fraction of Δ_max if relative)"),
+                relative=Param(bool, static=True, default=False, doc="budget is delta * Δ_max")),
+    outputs=("budget", "frontier", "beta", "lam", "kl", "delta_max", "saturated", "iterations"))
+def tilted_frontier(p, dtype):
+  """The KL-constrained optimum at budget Δ: ``R(Δ)``, ``beta_Δ``, its KL, ``Δ_max``, Newton steps."""
+  logp, reward = instance(p, dtype)
+  delta_max = tilted.max_kl(logp, reward)
+  budget = p["delta"] * delta_max if p["relative"] else jnp.asarray(p["delta"], dtype)
+  sol = tilted.kl_constrained(logp, reward, budget)
+  return dict(budget=budget, frontier=sol.mean_reward, beta=sol.beta, lam=sol.lam, kl=sol.kl,
+              delta_max=delta_max, saturated=sol.saturated, iterations=sol.iterations)
+
+
+@experiment(
+    "tilted.stats",
+    params=dict(INSTANCE, beta=Param(float, positive=True, doc="KL coefficient beta > 0")),
+    outputs=("log_z", "kl", "mean_reward", "var_reward", "entropy"))
+def tilted_stats(p, dtype):
+  """Statistics of the tilted policy ``pi_beta``: ``log Z``, KL, mean and variance of r, entropy."""
+  logp, reward = instance(p, dtype)
+  s = tilted.stats(logp, reward, p["beta"])
+  return s._asdict()
