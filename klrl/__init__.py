@@ -1,8 +1,7 @@
 """klrl: a JAX-accelerated, differentiable simulator of the theory of KL-regularised RL for
 language models. See README.md and SPEC section numbers cited in each module."""
-from klrl import divergences, tilted
-from klrl import sweep
+from klrl import divergences, problems, sweep, tilted
 from klrl._checks import InputError
 
 __version__ = "0.1.0"
-__all__ = ["InputError", "divergences", "sweep", "tilted"]
+__all__ = ["InputError", "divergences", "problems", "sweep", "tilted"]
