@@ -189,14 +189,16 @@ def _target(logp, c, beta):
 
 
 def _metrics(logq, logp, c, beta, target: _Target) -> Metrics:
-  la, lw = rlvr._log_masses(logq, c > 0)
+  """Every metric is an expectation under ``q``, so XLA fuses them into one pass over ``q``."""
+  a, w = expectation(logq, c), expectation(logq, 1 - c)       # accuracy and 1 - accuracy
+  logit = jnp.log(a) - jnp.log(w)
   kl_ref = _kl(logq, logp)
   return Metrics(
-      objective=jnp.mean(expectation(logq, c) - beta * kl_ref),
-      accuracy=jnp.mean(jnp.exp(la)),
+      objective=jnp.mean(a - beta * kl_ref),
+      accuracy=jnp.mean(a),
       gap=jnp.mean(beta * _kl(logq, target.log_pi)),
-      kl_forward=jnp.mean(_bernoulli_kl_logits(la - lw, target.logit_star)),
-      kl_reverse=jnp.mean(_bernoulli_kl_logits(target.logit_star, la - lw)),
+      kl_forward=jnp.mean(_bernoulli_kl_logits(logit, target.logit_star)),
+      kl_reverse=jnp.mean(_bernoulli_kl_logits(target.logit_star, logit)),
       entropy=jnp.mean(_entropy(logq)),
       kl_reference=jnp.mean(kl_ref),
   )

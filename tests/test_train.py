@@ -82,16 +82,6 @@ def test_log_linear_policy_gradient_converges():
   assert float(jnp.mean(rlvr.suboptimality_gap(trace.log_policy, LOGP, CORRECT, BETA))) <= 1e-12
 
 
-def test_vmap_over_learning_rates_and_betas():
-  """One compilation for a grid of (learning rate, beta): each run matches its own call."""
-  lrs, betas = jnp.array([0.05, 0.2]), jnp.array([0.3, 2.0])
-  grid = jax.vmap(jax.vmap(lambda lr, b: train.policy_gradient(LOGP, CORRECT, b, optax.adam(lr), 200).metrics.gap[-1],
-                           in_axes=(None, 0)), in_axes=(0, None))(lrs, betas)
-  assert grid.shape == (2, 2)
-  one = train.policy_gradient(LOGP, CORRECT, 2.0, optax.adam(0.2), 200).metrics.gap[-1]
-  np.testing.assert_allclose(grid[1, 1], one, rtol=1e-12)
-
-
 def test_sampled_loop_converges_and_vmaps_over_seeds():
   """Leave-one-out REINFORCE with k1 in the reward is unbiased, and its variance vanishes at pi*
   (the regularised reward c - beta log(pi*/p) = beta log Z is constant), so it converges."""
