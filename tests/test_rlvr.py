@@ -10,7 +10,7 @@ import klrl
 from klrl import divergences, rlvr, tilted
 
 P, Y = 64, 7         # one shape for the jitted calls of this file: each function compiles once
-mp.mp.dps = 40
+DIGITS = 40          # mpmath precision, set per test (mpmath's precision is global)
 
 
 def problem(seed, accuracy=None, h_c=0.9, h_w=0.6):
@@ -44,6 +44,7 @@ def mp_row(logp):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@mp.workdps(DIGITS)
 def test_target_accuracy_and_partition_against_mpmath(seed):
   logp, correct = problem(seed, accuracy=random_accuracies(seed))
   beta = random_betas(seed)
@@ -64,6 +65,7 @@ def test_target_accuracy_and_partition_against_mpmath(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@mp.workdps(DIGITS)
 def test_gap_identity_against_mpmath(seed):
   """J(pi*) - J(q) computed directly in 40 digits equals beta KL(q || pi*); J(pi*) = beta log Z."""
   logp, correct = problem(seed, accuracy=random_accuracies(seed))
