@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.scipy.special import logsumexp
 from jaxtyping import Array, Bool, Float
 
 from klrl import _checks, divergences, rlvr
@@ -189,7 +188,7 @@ def _target(logp, c, beta):
 
 
 def _metrics(logq, logp, c, beta, target: _Target) -> Metrics:
-  """Every metric is an expectation under ``q``, so XLA fuses them into one pass over ``q``."""
+  """Exact metrics of the iterate ``q``: expectations under ``q`` only (no ``logsumexp`` pass)."""
   a, w = expectation(logq, c), expectation(logq, 1 - c)       # accuracy and 1 - accuracy
   logit = jnp.log(a) - jnp.log(w)
   kl_ref = _kl(logq, logp)
@@ -545,7 +544,10 @@ def kl_constrained_training(logp: Float[Array, "... y"], correct: Bool[Array, ".
   ``nu <- nu exp(eta (KL - delta))``). Both are updated simultaneously from the same iterate.
   At a fixed point ``q`` is the tilt ``pi_nu`` with ``KL = delta``: ``klrl.tilted.kl_constrained``'s
   ``phi_delta`` with ``nu = beta_delta`` (SPEC sections 1 and 6), reached when the policy class
-  contains it (tabular policies, or a log-linear one with ``c`` among its features for one prompt).
+  contains it (tabular policies, or a log-linear one with ``c`` among its features for one prompt)
+  and the dual step is small against the primal one (too large a dual step makes the pair
+  circle the saddle point instead of converging: e.g. primal ``sgd(1.0)`` natural steps with
+  dual ``sgd(0.2)`` converge to 1e-12, dual ``sgd(0.5)`` may not).
 
   Args:
     logp: reference log-probabilities.
