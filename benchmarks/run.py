@@ -8,7 +8,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted", "sweep"]
+SUITES = ["tilted", "train", "sweep"]
 
 
 def main(argv=None):

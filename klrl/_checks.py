@@ -179,3 +179,21 @@ def at_least(where: str, name: str, x: jax.Array, low: float) -> jax.Array:
 
 def in_unit_interval(where: str, name: str, x: jax.Array) -> jax.Array:
   return eqx.error_if(x, ~((x >= 0) & (x <= 1)).all(), f"{where}: argument '{name}' must lie in [0, 1]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks.
+
+def mask(where: str, name: str, x, min_ndim: int = 1) -> jax.Array:
+  """Returns ``x`` as a boolean array; raises unless its dtype is bool (0/1 floats are refused)."""
+  x = jnp.asarray(x)
+  if x.dtype != jnp.bool_:
+    _fail(where, name, f"must be a boolean mask (dtype bool), got dtype {x.dtype}; convert with .astype(bool)")
+  if x.ndim < min_ndim:
+    _fail(where, name, f"must have at least {min_ndim} axis (the support is the last axis), got shape {x.shape}")
+  return x
+
+
+def holds(where: str, name: str, x: jax.Array, ok: jax.Array, what: str) -> jax.Array:
+  """Returns ``x`` (an array or a pytree) tied to the run-time condition ``ok`` (every entry true)."""
+  return eqx.error_if(x, ~jnp.all(ok), f"{where}: argument '{name}' {what}")
