@@ -307,10 +307,7 @@ def random_joint(key: Array, num_states: int, epsilon: Float[Array, ""] = 0.0,
   Returns:
     ``log W`` of shape ``(M, M)``, normalised to total mass one.
   """
-  k1, k2 = jax.random.split(key)
-  dtype = jnp.result_type(float)
-  g = jax.random.normal(k1, (num_states, num_states), dtype)
-  c = jax.random.normal(k2, (num_states, num_states), dtype)
+  g, c = jax.random.normal(key, (2, num_states, num_states), jnp.result_type(float))
   lw = concentration * (g + g.T) / 2 + epsilon * _cyclic((c - c.T) / 2)[0]
   return lw - logsumexp(lw)
 
@@ -334,12 +331,9 @@ def random_reward(key: Array, num_states: int, epsilon: Float[Array, ""] = 0.0,
   Returns:
     A :class:`Reward` with ``reward (M, M)`` and its ``potential`` ``Phi (M,)``.
   """
-  k1, k2, k3 = jax.random.split(key, 3)
-  dtype = jnp.result_type(float)
   m = num_states
-  phi = scale * jax.random.normal(k1, (m,), dtype)
-  s = jax.random.normal(k2, (m, m), dtype)
-  b = jax.random.normal(k3, (m, m), dtype)
+  z = jax.random.normal(key, (2 * m + 1, m), jnp.result_type(float))
+  phi, s, b = scale * z[0], z[1:m + 1], z[m + 1:]
   reward = jnp.broadcast_to(phi[None, :], (m, m)) + scale * (s + s.T) / 2
   return Reward(reward + epsilon * scale * _cyclic((b - b.T) / 2)[0], phi)
 
@@ -550,11 +544,10 @@ def _gth(k):
 
   (a,), pivots = _staged(step, (k,), 1)
   start = jnp.max(jnp.where(pivots > 0, 0, jnp.arange(1, m)), initial=0)   # last zero pivot, or 0
-
-  def substitute(x, n):
-    return x.at[n].set(jnp.where(n > start, jnp.sum(jnp.where(idx < n, x * a[:, n], 0.0)), x[n])), None
-
-  x, _ = lax.scan(substitute, (idx == start).astype(k.dtype), jnp.arange(1, m))
+  # x_n = sum_{i<n} x_i a[i, n] for n > start: x (I - U) = e_start with U the stored scaled
+  # columns; a triangular solve that only adds nonnegative terms.
+  u = jnp.where((idx[:, None] < idx[None, :]) & (idx[None, :] > start), a, 0.0)
+  x = jax.scipy.linalg.solve_triangular(jnp.eye(m, dtype=k.dtype) - u.T, (idx == start).astype(k.dtype), lower=True)
   unique = lax.cond(start == 0, lambda: jnp.array(True),
                     lambda: jnp.all(_reach((k > 0).astype(k.dtype), idx == start, jnp.ones(m, bool))))
   return x / jnp.sum(x), unique
@@ -580,11 +573,9 @@ def _mmatrix_solve(off, leak, b):
     return (off + f[:, None] * row[None, :], leak + f * leak[k], b + f * b[k]), piv
 
   (off, _, b), piv = _staged(step, (off, leak, b), 0)
-
-  def substitute(h, k):
-    return h.at[k].set((b[k] + jnp.sum(jnp.where(idx < k, off[k] * h, 0.0))) / piv[k]), None
-
-  return lax.scan(substitute, jnp.zeros(m, b.dtype), jnp.arange(m))[0]
+  # h_k = (b_k + sum_{j<k} off[k, j] h_j) / piv_k: a triangular solve adding nonnegative terms.
+  lower = jnp.where(idx[:, None] > idx[None, :], off, 0.0)
+  return jax.scipy.linalg.solve_triangular(jnp.diag(piv) - lower, b, lower=True)
 
 
 def _solve_pi(k):
@@ -1047,19 +1038,17 @@ def random_sparse_joint(key: Array, num_states: int, num_links: int = 2,
     same shape, normalised to total mass one.
   """
   m = num_states
-  dtype = jnp.result_type(float)
-  keys = jax.random.split(key, 2 + 2 * num_links)
+  k1, k2 = jax.random.split(key)
+  z = concentration * jax.random.normal(k1, (2 + num_links, m), jnp.result_type(float))
+  sigmas = jnp.argsort(jax.random.uniform(k2, (num_links, m)), axis=-1)   # random permutations
   i = jnp.arange(m)
   prev = (i - 1) % m
-  w_self = concentration * jax.random.normal(keys[0], (m,), dtype)
-  w_ring = concentration * jax.random.normal(keys[1], (m,), dtype)     # edge (i, i+1)
-  nbrs, logw = [i, (i + 1) % m, prev], [w_self, w_ring, w_ring[prev]]
+  nbrs, logw = [i, (i + 1) % m, prev], [z[0], z[1], z[1, prev]]           # self, edge (i, i+1), edge (i-1, i)
   for l in range(num_links):
-    sigma = jax.random.permutation(keys[2 + 2 * l], m)
+    sigma = sigmas[l]
     inv = jnp.argsort(sigma)
-    w = concentration * jax.random.normal(keys[3 + 2 * l], (m,), dtype)   # edge (i, sigma(i))
     nbrs += [sigma, inv]
-    logw += [w, w[inv]]
+    logw += [z[2 + l], z[2 + l, inv]]                                      # edge (i, sigma(i)) and its reverse
   lw = jnp.stack(logw, axis=-1)
   return SparseJoint(jnp.stack(nbrs, axis=-1).astype(jnp.int32), lw - logsumexp(lw))
 
@@ -1121,7 +1110,7 @@ def to_dense(neighbors: Int[Array, "m k"], log_values: Float[Array, "... m k"]) 
   return jnp.log(dense)
 
 
-def _lanczos(matvec, u1, v0, steps, key):
+def _lanczos(matvec, u1, v0, steps):
   """``steps`` Lanczos steps on ``u1``'s orthogonal complement, full reorthogonalisation."""
   m = v0.shape[-1]
   tiny = 1e3 * jnp.finfo(v0.dtype).eps
@@ -1137,23 +1126,22 @@ def _lanczos(matvec, u1, v0, steps, key):
   q = q.at[0].set(v / jnp.linalg.norm(v))
 
   def body(carry, j):
-    q, b_prev, key = carry
+    q, b_prev = carry
     w = matvec(q[j]) - b_prev * q[j - 1]
     a = q[j] @ w
     w = orth(w - a * q[j], q)
     b = jnp.linalg.norm(w)
-    key, sub = jax.random.split(key)
     broke = b <= tiny
 
     def restart():                                  # an invariant subspace was found: new direction
-      fresh = orth(jax.random.normal(sub, (m,), v0.dtype), q)
+      fresh = orth(jnp.sin((j + 1.0) * 12.9898 * jnp.arange(1, m + 1, dtype=v0.dtype) + 78.233 * j), q)
       return fresh / jnp.linalg.norm(fresh)
 
     nxt = lax.cond(broke, restart, lambda: w / b)
     b = jnp.where(broke, 0.0, b)
-    return (q.at[j + 1].set(nxt), b, key), (a, b)
+    return (q.at[j + 1].set(nxt), b), (a, b)
 
-  (q, _, _), (alpha, beta) = lax.scan(body, (q, jnp.zeros((), v0.dtype), key), jnp.arange(steps))
+  (q, _), (alpha, beta) = lax.scan(body, (q, jnp.zeros((), v0.dtype)), jnp.arange(steps))
   t = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
   theta, y = jnp.linalg.eigh(t)
   return theta, y.T @ q[:steps]
@@ -1201,9 +1189,8 @@ def lanczos_gap(neighbors: Int[Array, "m k"], log_kernel: Float[Array, "m k"], l
     return 0.5 * (jnp.sum(s * x[neighbors], axis=-1) + jax.ops.segment_sum((s * x[:, None]).ravel(), neighbors.ravel(), m))
 
   lk0, lp0 = lax.stop_gradient(logk), lax.stop_gradient(log_pi)
-  k1, k2 = jax.random.split(key)
   theta, u = _lanczos(functools.partial(matvec, lk0, lp0), jnp.exp(0.5 * lp0),
-                      jax.random.normal(k1, (m,), logk.dtype), steps, k2)
+                      jax.random.normal(key, (m,), logk.dtype), steps)
   u = lax.stop_gradient(u[jnp.array([steps - 1, 0])])           # Ritz vectors of lambda_2, lambda_M
   su = jax.vmap(lambda x: matvec(logk, log_pi, x))(u)
   rq = jnp.sum(u * su, axis=-1)                                 # Rayleigh quotients = Ritz values
