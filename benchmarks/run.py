@@ -8,7 +8,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted"]
+SUITES = ["tilted", "chains"]
 
 
 def main(argv=None):
