@@ -1110,6 +1110,12 @@ def to_dense(neighbors: Int[Array, "m k"], log_values: Float[Array, "... m k"]) 
   return jnp.log(dense)
 
 
+def _pseudo_random(m, j, dtype):
+  """A fixed, well-spread vector without a PRNG: the fractional part of a scrambled ``sin``."""
+  x = jnp.sin(12.9898 * jnp.arange(1, m + 1, dtype=dtype) + 78.233 * (j + 1)) * 43758.5453
+  return x - jnp.floor(x) - 0.5
+
+
 def _lanczos(matvec, u1, v0, steps):
   """``steps`` Lanczos steps on ``u1``'s orthogonal complement, full reorthogonalisation."""
   m = v0.shape[-1]
@@ -1134,7 +1140,7 @@ def _lanczos(matvec, u1, v0, steps):
     broke = b <= tiny
 
     def restart():                                  # an invariant subspace was found: new direction
-      fresh = orth(jnp.sin((j + 1.0) * 12.9898 * jnp.arange(1, m + 1, dtype=v0.dtype) + 78.233 * j), q)
+      fresh = orth(_pseudo_random(m, j + 1, v0.dtype), q)
       return fresh / jnp.linalg.norm(fresh)
 
     nxt = lax.cond(broke, restart, lambda: w / b)
@@ -1165,7 +1171,7 @@ def lanczos_gap(neighbors: Int[Array, "m k"], log_kernel: Float[Array, "m k"], l
     log_kernel: ``log K`` on the lists, rows normalised over ``k`` (e.g. from :func:`sparse_chain`).
     log_pi: the stationary log-law ``(M,)`` of this (reversible) kernel.
     steps: Lanczos steps (static); capped at ``M - 1``.
-    key: PRNG key of the start vector (default ``PRNGKey(0)``).
+    key: PRNG key of a random start vector; by default a fixed spread-out vector.
 
   Returns:
     A :class:`LanczosGap`.
@@ -1181,7 +1187,6 @@ def lanczos_gap(neighbors: Int[Array, "m k"], log_kernel: Float[Array, "m k"], l
   log_pi = _checks.log_probs(where, "log_pi", _law(where, "log_pi", log_pi, m)).astype(logk.dtype)
   if log_pi.ndim != 1:
     _checks._fail(where, "log_pi", f"must have shape (M,), got {log_pi.shape}")
-  key = jax.random.PRNGKey(0) if key is None else key
   steps = min(steps, m - 1)
 
   def matvec(lk, lp, x):
@@ -1189,8 +1194,8 @@ def lanczos_gap(neighbors: Int[Array, "m k"], log_kernel: Float[Array, "m k"], l
     return 0.5 * (jnp.sum(s * x[neighbors], axis=-1) + jax.ops.segment_sum((s * x[:, None]).ravel(), neighbors.ravel(), m))
 
   lk0, lp0 = lax.stop_gradient(logk), lax.stop_gradient(log_pi)
-  theta, u = _lanczos(functools.partial(matvec, lk0, lp0), jnp.exp(0.5 * lp0),
-                      jax.random.normal(key, (m,), logk.dtype), steps)
+  v0 = _pseudo_random(m, 0, logk.dtype) if key is None else jax.random.normal(key, (m,), logk.dtype)
+  theta, u = _lanczos(functools.partial(matvec, lk0, lp0), jnp.exp(0.5 * lp0), v0, steps)
   u = lax.stop_gradient(u[jnp.array([steps - 1, 0])])           # Ritz vectors of lambda_2, lambda_M
   su = jax.vmap(lambda x: matvec(logk, log_pi, x))(u)
   rq = jnp.sum(u * su, axis=-1)                                 # Rayleigh quotients = Ritz values
