@@ -925,6 +925,12 @@ def spectrum(log_kernel: Float[Array, "... m m"]) -> Float[Array, "... m"]:
   reversible ``K`` equals ``sqrt(K(s'|s) K(s|s'))`` entrywise. For a kernel that is not
   reversible (see :func:`detailed_balance`) this is not its spectrum: use :func:`eigenvalues`.
   At equal eigenvalues the derivative is that of the cluster's mean.
+
+  Args:
+    log_kernel: log kernel ``(..., M, M)`` of a reversible chain.
+
+  Returns:
+    The ``M`` real eigenvalues, descending, ``(..., M)``.
   """
   where = "klrl.chains.spectrum"
   return _eigvalsh(_sym(_log_kernel(where, "log_kernel", log_kernel)))
@@ -932,7 +938,14 @@ def spectrum(log_kernel: Float[Array, "... m m"]) -> Float[Array, "... m"]:
 
 @_checks.public
 def spectral_gap(log_kernel: Float[Array, "... m m"]) -> Float[Array, "..."]:
-  """Spectral gap ``gamma = 1 - l_2`` of a reversible kernel (SPEC §4)."""
+  """Spectral gap ``gamma = 1 - l_2`` of a reversible kernel (SPEC §4).
+
+  Args:
+    log_kernel: log kernel ``(..., M, M)`` of a reversible chain, ``M >= 2``.
+
+  Returns:
+    ``1 - l_2``, ``(...)``; positive for a periodic chain (use :func:`eigenvalues` for ``|l_2|``).
+  """
   return 1 - _spectrum_arg("klrl.chains.spectral_gap", log_kernel)[1][..., 1]
 
 
@@ -942,13 +955,26 @@ def absolute_spectral_gap(log_kernel: Float[Array, "... m m"]) -> Float[Array, "
 
   Differentiable: the derivative is that of the eigenvalue attaining the maximum (half each
   when ``|l_2| = |l_M|``), with degenerate eigenvalues handled as in :func:`spectrum`.
+
+  Args:
+    log_kernel: log kernel ``(..., M, M)`` of a reversible chain, ``M >= 2``.
+
+  Returns:
+    ``gamma*``, ``(...)``; 0 for a periodic chain.
   """
   return 1 - _lam_star(_spectrum_arg("klrl.chains.absolute_spectral_gap", log_kernel)[1])
 
 
 @_checks.public
 def relaxation_time(log_kernel: Float[Array, "... m m"]) -> Float[Array, "..."]:
-  """Relaxation time ``1 / gamma*`` of a reversible kernel (``+inf`` for a periodic one)."""
+  """Relaxation time ``t_rel = 1 / gamma*`` of a reversible kernel (SPEC §4).
+
+  Args:
+    log_kernel: log kernel ``(..., M, M)`` of a reversible chain, ``M >= 2``.
+
+  Returns:
+    ``1 / gamma*``, ``(...)``; ``+inf`` for a periodic chain.
+  """
   return 1 / (1 - _lam_star(_spectrum_arg("klrl.chains.relaxation_time", log_kernel)[1]))
 
 
@@ -1003,6 +1029,9 @@ def eigenvalues(log_kernel: Float[Array, "... m m"]) -> Array:
   eigensolver ``jnp.linalg.eig``, which JAX provides on CPU (and on CUDA/ROCm GPUs); on other
   backends this raises ``NotImplementedError``. Not differentiable.
 
+  Args:
+    log_kernel: log kernel ``(..., M, M)``, reversible or not.
+
   Returns:
     Complex eigenvalues ``(..., M)``; ``abs`` gives the moduli, ``1 - |l_2|`` the modulus gap.
   """
@@ -1032,6 +1061,12 @@ def random_sparse_joint(key: Array, num_states: int, num_links: int = 2,
   Edges ``(i, i+1)`` and ``(i, sigma_l(i))`` for random permutations ``sigma_l`` get log-normal
   weights (scale ``concentration``); each appears once in both endpoints' lists, so
   :func:`reference_from_joint` of :func:`to_dense` of it is reversible.
+
+  Args:
+    key: PRNG key.
+    num_states: number of states ``M``.
+    num_links: random partners per state come in ``num_links`` pairs ``sigma_l(i), sigma_l^-1(i)``.
+    concentration: scale of the log-weights.
 
   Returns:
     A :class:`SparseJoint`: ``neighbors (M, 3 + 2 num_links)`` (int32) and ``log_joint`` of the
@@ -1101,6 +1136,13 @@ def to_dense(neighbors: Int[Array, "m k"], log_values: Float[Array, "... m k"]) 
   """Dense ``(..., M, M)`` log matrix from neighbour lists; repeated neighbours add up.
 
   For checks on chains small enough to hold densely.
+
+  Args:
+    neighbors: ``(M, k)`` integer neighbour lists.
+    log_values: log values on the lists, ``(..., M, k)``.
+
+  Returns:
+    The dense log matrix ``(..., M, M)``, ``-inf`` off the lists.
   """
   where = "klrl.chains.to_dense"
   neighbors, lv = _sparse_args(where, neighbors, log_values, "log_values")

@@ -7,7 +7,6 @@ library function is compiled once.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from klrl import chains
