@@ -8,7 +8,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted", "train", "sweep"]
+SUITES = ["tilted", "chains", "train", "sweep"]
 
 
 def main(argv=None):

@@ -194,6 +194,36 @@ def mask(where: str, name: str, x, min_ndim: int = 1) -> jax.Array:
   return x
 
 
+# ---------------------------------------------------------------------------------------------
+# Markov kernels and index arrays.
+
+def square(where: str, name: str, x) -> None:
+  """Raises unless the last two axes of ``x`` have the same length (a kernel over M states)."""
+  if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
+    _fail(where, name, f"must be a square kernel over the last two axes (..., M, M), got shape {x.shape}")
+
+
+def log_kernel(where: str, name: str, logk: jax.Array) -> jax.Array:
+  """Rows of a log transition kernel: no NaN, no +inf, each row's logsumexp within tolerance of 0."""
+  logk = eqx.error_if(logk, jnp.isnan(logk).any(),
+                      f"{where}: argument '{name}' contains NaN (a negative or NaN probability?)")
+  logk = eqx.error_if(logk, (logk == jnp.inf).any(), f"{where}: argument '{name}' contains +inf (log-probabilities are <= 0)")
+  tol = _tol(logk.dtype)
+  bad = ~(jnp.abs(logsumexp(logk, axis=-1)) <= tol).all()
+  return eqx.error_if(
+      logk, bad,
+      f"{where}: argument '{name}' is not a log kernel: each row must be log-probabilities over the "
+      f"last axis (row logsumexp 0 within {tol:g}; pass jnp.log(P) for a probability kernel P)")
+
+
+def integers(where: str, name: str, x, size: int) -> jax.Array:
+  """An integer index array (static dtype check) with entries in ``[0, size)`` (value check)."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    _fail(where, name, f"must be an integer index array, got dtype {x.dtype}")
+  return eqx.error_if(x, ~((x >= 0) & (x < size)).all(), f"{where}: argument '{name}' has indices outside [0, {size})")
+
+
 def holds(where: str, name: str, x: jax.Array, ok: jax.Array, what: str) -> jax.Array:
   """Returns ``x`` (an array or a pytree) tied to the run-time condition ``ok`` (every entry true)."""
   return eqx.error_if(x, ~jnp.all(ok), f"{where}: argument '{name}' {what}")

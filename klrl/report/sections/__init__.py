@@ -4,9 +4,10 @@ Adding a section: write ``klrl/report/sections/<key>.py`` with ``TITLE`` and
 ``run(cfg, ctx) -> Section``, register it here and give it a table ``[<key>]`` in
 ``configs/default.toml``.
 """
-from klrl.report.sections import rlvr, tilted
+from klrl.report.sections import chains, rlvr, tilted
 
 SECTIONS = {
     "tilted": tilted,
+    "chains": chains,
     "rlvr": rlvr,
 }
