@@ -19,9 +19,9 @@ def run(cfg: dict, ctx: Context) -> Section:
   h_c, h_w = cfg.get("entropy_correct", [0.05, 1.0]), cfg.get("entropy_wrong", [1.0, 0.3])
   if ctx.scale:
     prompts, responses = prompts * 64, responses * 1000
-  key = jax.random.split(jax.random.PRNGKey(int(cfg.get("seed", 0))), 4)
+  key = jax.random.PRNGKey(int(cfg.get("seed", 0)))
   spread = lambda ends: jnp.linspace(float(ends[0]), float(ends[1]), prompts)
-  logp, correct = rlvr.random_problem(key[0], prompts, responses, num_correct=max(1, responses // 4),
+  logp, correct = rlvr.random_problem(key, prompts, responses, num_correct=max(1, responses // 4),
                                       entropy_correct=spread(h_c), entropy_wrong=spread(h_w))
   split = rlvr.entropy_split(logp, correct)
   sec = Section("rlvr", TITLE, text=(
@@ -41,14 +41,9 @@ def run(cfg: dict, ctx: Context) -> Section:
   fl = jax.tree.map(np.asarray, rlvr.flow(logp, correct, beta, t))
   logq_t = rlvr.natural_gradient_flow(logp, correct, beta, t)
   gap_t = np.asarray(rlvr.suboptimality_gap(logq_t, logp, correct, beta))
-  noise = 2 * jax.random.normal(key[1], logp.shape)
-  q_off = jax.nn.log_softmax(jnp.where(logp > -jnp.inf, noise, -jnp.inf), axis=-1)
-  logq_off = rlvr.natural_gradient_flow(logp, correct, beta, t, q_off)
-  gap_off = np.asarray(rlvr.suboptimality_gap(logq_off, logp, correct, beta))
-  bkl_off = beta * np.asarray(divergences.bernoulli_kl(rlvr.accuracy(logq_off, correct), jnp.asarray(fl.target)))
+  rng = np.random.default_rng(int(cfg.get("seed", 0)))
+  noise = rng.normal(size=logp.shape)
   c = correct.astype(logp.dtype)
-  gibbs = np.asarray(tilted.objective(q_off, logp, c, beta)) - (
-      beta * np.asarray(rlvr.log_partition(logp, correct, beta)) - np.asarray(rlvr.suboptimality_gap(q_off, logp, correct, beta)))
   kl_ref_t = np.asarray(divergences.kl(logq_t, logp))
   entropy_t = np.asarray(divergences.entropy(logq_t))
 
@@ -60,16 +55,15 @@ def run(cfg: dict, ctx: Context) -> Section:
   npg_err = np.max(np.abs(np.asarray(npg.log_policy) - np.asarray(tilted.tilt(logp, c, 1 / lam))))
   gd = train.policy_gradient(logp, correct, beta, optax.sgd(float(cfg.get("gd_lr", 4.0))), steps)
   adam = optax.adam(float(cfg.get("adam_lr", 0.1)))
-  start = jnp.stack([jnp.where(logp > -jnp.inf, logp, 0.0), logp + 0.5 * noise])   # p, and a start off the family
+  start = jnp.stack([jnp.where(logp > -jnp.inf, logp, 0.0), logp + noise])   # p, and a start off the family
   ad, ad_off = (train.policy_gradient(logp, correct, beta, adam, steps, init=x) for x in start)
   final = {name: np.asarray(rlvr.suboptimality_gap(tr.log_policy, logp, correct, beta)).mean()
            for name, tr in (("gd", gd), ("adam", ad), ("adam_off", ad_off))}
   gd_m, ad_m, ad_off_m, npg_m = (jax.tree.map(np.asarray, tr.metrics) for tr in (gd, ad, ad_off, npg))
 
   # ---- estimator audit: random (q, p) pairs on 8 responses, from close to far apart
-  scale = jnp.array([0.1, 0.5, 1.0, 2.0])[:, None]
-  lq = jax.nn.log_softmax(scale * jax.random.normal(key[2], (4, 8)), axis=-1)
-  lp = jax.nn.log_softmax(scale * jax.random.normal(key[3], (4, 8)), axis=-1)
+  scale = np.array([0.1, 0.5, 1.0, 2.0])[:, None]
+  lq, lp = (jax.nn.log_softmax(jnp.asarray(scale * rng.normal(size=(4, 8))), axis=-1) for _ in range(2))
   a = jax.tree.map(np.asarray, train.kl_estimator_audit(lq, lp))
   rows = [dict(pair=j, true_kl=float(a.kl[j]), estimator=name, mean=float(a.mean[j, i]),
                mean_bias=float(a.mean[j, i] - a.kl[j]), variance=float(a.var[j, i]),
@@ -79,11 +73,11 @@ def run(cfg: dict, ctx: Context) -> Section:
   w = lambda x: float(np.max(x))
   n_flow = gap_t.size
   sec.checks = [
-      Check("gap identity", "J(q) = beta log Z - beta KL(q||pi*), relative, random q", w(np.abs(gibbs) / np.maximum(1.0, np.abs(gibbs))), 1e-12, prompts),
       Check("gap = beta kl(a_t||a*)", "along natural-gradient flow, from the distributions", w(np.abs(gap_t - fl.gap)), 1e-12, n_flow),
       Check("KL to reference", "KL(q_t||p) = kl(a_t||a_ref) along the flow", w(np.abs(kl_ref_t - fl.kl_reference)), 1e-12, n_flow),
       Check("entropy on the flow", "H(q_t) = h(a_t) + a_t H_C + (1-a_t) H_W", w(np.abs(entropy_t - fl.entropy)), 1e-12, n_flow),
-      Check("off-family bound", "beta kl(a||a*) - gap <= 0 from a random start (flow)", w(np.maximum(bkl_off - gap_off, 0.0)), 1e-14, n_flow),
+      Check("off-family bound", "beta kl(a_k||a*) - gap <= 0 along Adam from a start off the family",
+            w(np.maximum(beta * ad_off_m.kl_forward - ad_off_m.gap, 0.0)), 1e-14, steps),
       Check("NPG recursion", "discrete NPG = tilt with lam_{k+1} = (1 - eta beta) lam_k + eta (max |log q| error)", float(npg_err), 1e-12, prompts * responses),
       Check("NPG gap", "gap - beta kl(a_k||a*) along discrete NPG", w(np.abs(npg_m.gap - beta * npg_m.kl_forward)), 1e-12, steps),
       Check("GD above", "beta kl(a_k||a*) - gap <= 0 along gradient descent", w(np.maximum(beta * gd_m.kl_forward - gd_m.gap, 0.0)), 1e-14, steps),
@@ -102,8 +96,6 @@ def run(cfg: dict, ctx: Context) -> Section:
   ax[0].semilogy(tt, gap_t.mean(-1), lw=3, alpha=0.4, label="gap J(pi*) - J(q_t)")
   ax[0].semilogy(tt, fl.gap.mean(-1), "k--", label="beta kl(a_t || a*)")
   ax[0].semilogy(tt, beta * fl.kl_reverse.mean(-1), ":", label="beta kl(a* || a_t) (not the gap)")
-  ax[0].semilogy(tt, gap_off.mean(-1), label="gap, flow from a random q0")
-  ax[0].semilogy(tt, bkl_off.mean(-1), label="beta kl(a||a*), same run")
   ax[0].set(xlabel="t", ylabel="mean over prompts", title="Natural-gradient flow (closed form)")
   ax[0].legend(fontsize=7)
   k = np.arange(steps)
