@@ -177,11 +177,14 @@ def random_problem(key: Array, prompts: int, responses: int, *, num_correct: int
     accuracy = jax.random.uniform(jax.random.fold_in(key, 1), (prompts,), dtype, 0.05, 0.6)
   level = {"accuracy": accuracy, "entropy_correct": entropy_correct, "entropy_wrong": entropy_wrong}
   level = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (prompts,)) for k, v in level.items()}
-  if not bool(jnp.all((level["accuracy"] > 0) & (level["accuracy"] < 1))):
-    _checks._fail(where, "accuracy", "must lie in (0, 1)")
+  ranges = {"accuracy": ((level["accuracy"] > 0) & (level["accuracy"] < 1), "must lie in (0, 1)")}
   for k in ("entropy_correct", "entropy_wrong"):
-    if not bool(jnp.all((level[k] >= 0) & (level[k] <= 1))):
-      _checks._fail(where, k, "must lie in [0, 1] (a fraction of the largest entropy)")
+    ranges[k] = ((level[k] >= 0) & (level[k] <= 1), "must lie in [0, 1] (a fraction of the largest entropy)")
+  for k, (ok, what) in ranges.items():
+    if isinstance(ok, jax.core.Tracer):      # traced (inside a sweep's jit/vmap): checked at run time
+      level[k] = _checks.holds(where, k, level[k], ok, what)
+    elif not bool(jnp.all(ok)):
+      _checks._fail(where, k, what)
   return _random_problem(key, level, responses, num_correct)
 
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from klrl import problems, tilted
+from klrl import chains, problems, rlvr, tilted
 
 __all__ = ["Param", "Experiment", "EXPERIMENTS", "experiment", "INSTANCE", "instance"]
 
@@ -137,3 +137,48 @@ def tilted_stats(p, dtype):
   logp, reward = instance(p, dtype)
   s = tilted.stats(logp, reward, p["beta"])
   return s._asdict()
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.chains (SPEC section 4).
+
+@experiment(
+    "chains.gap",
+    params=dict(states=Param(int, static=True, low=2, doc="number of states M"),
+                seed=Param(int, default=0, low=0, doc="PRNG seed of the random reversible chain"),
+                beta=Param(float, positive=True, doc="KL coefficient beta > 0"),
+                concentration=Param(float, default=1.0, low=0.0, doc="log-normal scale of the joint weights")),
+    outputs=("spectral_gap", "absolute_gap", "relaxation_time", "max_balance_residual"))
+def chains_gap(p, dtype):
+  """Spectral gaps of the tilted kernel of a random reversible chain with a potential reward."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(p["seed"]))
+  log_ref = chains.reference_from_joint(chains.random_joint(k1, p["states"], 0.0, p["concentration"]).astype(dtype))
+  reward = chains.random_reward(k2, p["states"]).reward.astype(dtype)
+  log_k = chains.kernel(log_ref, reward, p["beta"])
+  return dict(spectral_gap=chains.spectral_gap(log_k), absolute_gap=chains.absolute_spectral_gap(log_k),
+              relaxation_time=chains.relaxation_time(log_k),
+              max_balance_residual=chains.detailed_balance(log_k).max_residual)
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.rlvr (SPEC section 5).
+
+@experiment(
+    "rlvr.flow",
+    params=dict(responses=Param(int, static=True, low=2, doc="responses per prompt"),
+                num_correct=Param(int, static=True, low=1, doc="correct responses per prompt"),
+                seed=Param(int, default=0, low=0, doc="PRNG seed of the random prompt"),
+                accuracy=Param(float, low=0.0, high=1.0, doc="reference accuracy a_ref in (0, 1)"),
+                entropy_correct=Param(float, default=0.9, low=0.0, high=1.0, doc="entropy of p(.|correct), fraction of max"),
+                entropy_wrong=Param(float, default=0.9, low=0.0, high=1.0, doc="entropy of p(.|wrong), fraction of max"),
+                beta=Param(float, positive=True, doc="KL coefficient beta > 0"),
+                t=Param(float, low=0.0, doc="time along natural-gradient flow")),
+    outputs=("accuracy_t", "target", "gap", "kl_forward", "kl_reverse", "kl_reference", "entropy"))
+def rlvr_flow(p, dtype):
+  """Natural-gradient flow from the reference in closed form: accuracy, gap, Bernoulli KLs, entropy."""
+  prob = rlvr.random_problem(jax.random.PRNGKey(p["seed"]), 1, p["responses"], num_correct=p["num_correct"],
+                             accuracy=p["accuracy"], entropy_correct=p["entropy_correct"],
+                             entropy_wrong=p["entropy_wrong"], dtype=dtype)
+  f = rlvr.flow(prob.logp[0], prob.correct[0], p["beta"], p["t"])
+  return dict(accuracy_t=f.accuracy, target=f.target, gap=f.gap, kl_forward=f.kl_forward,
+              kl_reverse=f.kl_reverse, kl_reference=f.kl_reference, entropy=f.entropy)
