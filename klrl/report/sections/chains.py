@@ -128,7 +128,7 @@ def run(cfg: dict, ctx: Context) -> Section:
             w(np.where(mixed, t_mix + 1 - mb.mixing_time[:, 0], -np.inf)), 0.0, int(np.sum(mixed))),
       Check("spectral hitting bound", "E_pi tau_A / [(1 - pi(A))/(gamma pi(A))] <= 1", w(hb.mean_time / hb.spectral), 1.0, n),
       Check("drift bound", "max_{s not in A} E_s tau_A / [(V_max - V(s))/delta] <= 1; V = Phi on the line, canonical V "
-            "on the random chains (those with delta > 0)", w(np.where(target, 0.0, hb.times / hb.drift)), 1.0,
+            "on the random chains (those with delta > 0)", w(np.divide(hb.times, hb.drift, out=np.zeros((n, m)), where=~target)), 1.0,
             int(np.sum(np.isfinite(hb.drift[:, 0])))),
       Check("drift bound, tight", "|E_s tau_A - bound| / max(1, E_s tau_A) for V = -E tau_A (drift 1)",
             w(np.abs(tight.drift - hb.times) / np.maximum(1.0, hb.times)), 1e-9, n),
