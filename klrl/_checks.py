@@ -128,16 +128,19 @@ def _tol(dtype) -> float:
   return 1e-4 if jnp.finfo(dtype).bits <= 32 else 1e-6
 
 
-def log_probs(where: str, name: str, logp: jax.Array) -> jax.Array:
-  """Log-probabilities over the last axis: no NaN, no +inf, logsumexp within tolerance of 0."""
-  logp = eqx.error_if(logp, jnp.isnan(logp).any(), f"{where}: argument '{name}' contains NaN")
+def log_probs(where: str, name: str, logp: jax.Array, what: str | None = None, nan_hint: str = "") -> jax.Array:
+  """Log-probabilities over the last axis: no NaN, no +inf, logsumexp within tolerance of 0.
+
+  ``what`` replaces the description in the message for the normalisation failure; it may use
+  ``{tol}``. ``nan_hint`` is appended to the NaN message.
+  """
+  logp = eqx.error_if(logp, jnp.isnan(logp).any(), f"{where}: argument '{name}' contains NaN{nan_hint}")
   logp = eqx.error_if(logp, (logp == jnp.inf).any(), f"{where}: argument '{name}' contains +inf (log-probabilities are <= 0)")
   tol = _tol(logp.dtype)
+  what = what or ("is not a log-probability vector over the last axis "
+                  "(logsumexp must be 0 within {tol}; use jax.nn.log_softmax to normalise)")
   bad = ~(jnp.abs(logsumexp(logp, axis=-1)) <= tol).all()
-  return eqx.error_if(
-      logp, bad,
-      f"{where}: argument '{name}' is not a log-probability vector over the last axis "
-      f"(logsumexp must be 0 within {tol:g}; use jax.nn.log_softmax to normalise)")
+  return eqx.error_if(logp, bad, f"{where}: argument '{name}' " + what.format(tol=f"{tol:g}"))
 
 
 def normalised(where: str, name: str, x, total: jax.Array):
@@ -205,15 +208,9 @@ def square(where: str, name: str, x) -> None:
 
 def log_kernel(where: str, name: str, logk: jax.Array) -> jax.Array:
   """Rows of a log transition kernel: no NaN, no +inf, each row's logsumexp within tolerance of 0."""
-  logk = eqx.error_if(logk, jnp.isnan(logk).any(),
-                      f"{where}: argument '{name}' contains NaN (a negative or NaN probability?)")
-  logk = eqx.error_if(logk, (logk == jnp.inf).any(), f"{where}: argument '{name}' contains +inf (log-probabilities are <= 0)")
-  tol = _tol(logk.dtype)
-  bad = ~(jnp.abs(logsumexp(logk, axis=-1)) <= tol).all()
-  return eqx.error_if(
-      logk, bad,
-      f"{where}: argument '{name}' is not a log kernel: each row must be log-probabilities over the "
-      f"last axis (row logsumexp 0 within {tol:g}; pass jnp.log(P) for a probability kernel P)")
+  return log_probs(where, name, logk, nan_hint=" (a negative or NaN probability?)", what=(
+      "is not a log kernel: each row must be log-probabilities over the last axis "
+      "(row logsumexp 0 within {tol}; pass jnp.log(P) for a probability kernel P)"))
 
 
 def integers(where: str, name: str, x, size: int) -> jax.Array:
