@@ -56,6 +56,9 @@ class Context:
   scale: bool = False
   quiet: bool = False
 
+  def __post_init__(self):
+    self.out = Path(self.out).resolve()   # figures are recorded by absolute path
+
   def figure(self, name: str) -> Path:
     """Path for a PNG figure in the run directory."""
     (self.out / "figures").mkdir(parents=True, exist_ok=True)
@@ -81,7 +84,8 @@ def _fmt(x) -> str:
 
 
 def _figures(out: Path, s: Section) -> list[Path]:
-  return [Path(f) if Path(f).is_absolute() else out / f for f in s.figures]
+  """Figure paths: absolute, relative to the working directory, or relative to ``out``."""
+  return [Path(f).resolve() if Path(f).is_absolute() or Path(f).exists() else out / f for f in s.figures]
 
 
 def write_report(out: Path, sections: list[Section], header: str, seconds: dict[str, float] | None = None) -> Path:
@@ -96,6 +100,7 @@ def write_report(out: Path, sections: list[Section], header: str, seconds: dict[
   Returns:
     The path of ``report.md`` (``report.html`` is beside it).
   """
+  out = Path(out).resolve()
   out.mkdir(parents=True, exist_ok=True)
   seconds = seconds or {}
   rows = [dict(section=s.key, check=c.name, statement=c.statement, worst=c.worst, tolerance=c.tolerance,
