@@ -119,6 +119,7 @@ class AgainstFrontier(NamedTuple):
   Attributes:
     kl: ``KL(pi_N || p)``, the budget ``delta`` of the comparison.
     mean_reward: ``E_{pi_N}[r]``.
+    win_rate: best-of-N's win rate against ``p`` (ties one half).
     frontier: ``R(delta)``, the best reward at that KL.
     gap: ``R(delta) - E_{pi_N}[r] >= 0``.
     lam: ``lam_delta``, the inverse temperature of the KL-RL solution (``inf`` if saturated).
@@ -126,6 +127,7 @@ class AgainstFrontier(NamedTuple):
   """
   kl: Array
   mean_reward: Array
+  win_rate: Array
   frontier: Array
   gap: Array
   lam: Array
@@ -714,7 +716,7 @@ def against_frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
   st = _bon_stats(logp, reward, lv, parts)
   log_pi = _bon_log_policy(logp, lv, parts)
   sol = tilted.kl_constrained(logp, reward, st.kl)
-  return AgainstFrontier(kl=st.kl, mean_reward=st.mean_reward, frontier=sol.mean_reward,
+  return AgainstFrontier(kl=st.kl, mean_reward=st.mean_reward, win_rate=st.win_rate, frontier=sol.mean_reward,
                          gap=sol.mean_reward - st.mean_reward, lam=sol.lam,
                          kl_to_tilted=_kl_div(log_pi, sol.log_policy))
 
