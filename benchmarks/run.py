@@ -8,7 +8,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted", "chains", "train", "sweep"]
+SUITES = ["tilted", "bon", "chains", "train", "sweep"]
 
 
 def main(argv=None):

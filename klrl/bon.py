@@ -119,6 +119,7 @@ class AgainstFrontier(NamedTuple):
   Attributes:
     kl: ``KL(pi_N || p)``, the budget ``delta`` of the comparison.
     mean_reward: ``E_{pi_N}[r]``.
+    win_rate: best-of-N's win rate against ``p`` (ties one half).
     frontier: ``R(delta)``, the best reward at that KL.
     gap: ``R(delta) - E_{pi_N}[r] >= 0``.
     lam: ``lam_delta``, the inverse temperature of the KL-RL solution (``inf`` if saturated).
@@ -126,6 +127,7 @@ class AgainstFrontier(NamedTuple):
   """
   kl: Array
   mean_reward: Array
+  win_rate: Array
   frontier: Array
   gap: Array
   lam: Array
@@ -196,28 +198,64 @@ def _prefix_logsumexp(x):
   return lax.fori_loop(0, max(1, math.ceil(math.log2(v))), step, x)
 
 
-def _cumlogsumexp(x):
-  """Cumulative log-sum-exp over the last axis, exact over the whole floating range.
+def _cumsum(x, reverse=False, exclusive=False, block=64):
+  """Cumulative sum over the last axis (forward or reverse, inclusive or exclusive).
 
-  A cumulative sum of ``exp(x - max x)`` is exact wherever the partial sum is within ``e^600``
-  of the row's largest term (lost terms are then below ``V e^-145`` relative). Only when some
-  partial sum is smaller (reward levels spanning more than 600 nats) is the log-space prefix
-  scan run, under ``lax.cond``. Both have zero (not NaN) tangents on empty prefixes.
+  Within blocks of 64 by a product with a triangular 0/1 matrix, then across blocks: several
+  times faster than ``jnp.cumsum`` on CPU, and every output is a sum of the input terms only
+  (no differences), so sums of nonnegative terms keep their relative accuracy.
   """
-  c = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-  c = jnp.where(c > -jnp.inf, c, 0.0)
-  s = jnp.cumsum(jnp.exp(x - c), axis=-1)
+  v = x.shape[-1]
+  y = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -v % block)]).reshape(x.shape[:-1] + (-1, block))
+  i = jnp.arange(block)
+  cmp = jnp.greater if reverse else jnp.less
+  keep = cmp(i[:, None], i[None, :]) | ((i[:, None] == i[None, :]) & (not exclusive))
+  inner = y @ keep.astype(x.dtype)
+  tot = jnp.sum(y, axis=-1)
+  zero = jnp.zeros_like(tot[..., :1])
+  if reverse:
+    carry = jnp.concatenate([jnp.flip(jnp.cumsum(jnp.flip(tot, -1), axis=-1), -1)[..., 1:], zero], axis=-1)
+  else:
+    carry = jnp.concatenate([zero, jnp.cumsum(tot, axis=-1)[..., :-1]], axis=-1)
+  return (inner + carry[..., None]).reshape(x.shape[:-1] + (-1,))[..., :v]
+
+
+def _log(s, c):
   pos = s > 0
-  fast = jnp.where(pos, jnp.log(jnp.where(pos, s, 1.0)) + c, -jnp.inf)
-  exact = (s >= math.exp(-600.0)) | (lax.cummax(x, axis=x.ndim - 1) == -jnp.inf)
-  return lax.cond(jnp.all(exact), lambda: fast, lambda: _prefix_logsumexp(x))
+  return jnp.where(pos, jnp.log(jnp.where(pos, s, 1.0)) + c, -jnp.inf)
 
 
-def _cdf_and_tail(log_masses):
-  """``log F_k = log P(r <= s_k)`` and ``log T_k = log P(r > s_k)``, in one pass of each kind."""
-  both = _cumlogsumexp(jnp.stack([log_masses, jnp.flip(log_masses, -1)]))
-  neg = jnp.full_like(log_masses[..., :1], -jnp.inf)
-  return both[0], jnp.concatenate([jnp.flip(both[1], -1)[..., 1:], neg], axis=-1)
+def _cumulative(log_masses):
+  """``log F_k = log P(r <= s_k)``, ``log F-_k = log P(r < s_k)``, ``log T_k = log P(r > s_k)``.
+
+  Exact over the whole floating range. Sums of ``exp(x - max x)`` are exact wherever the
+  partial sums are within ``e^600`` of the row's largest term (lost terms are then below
+  ``V e^-145`` relative), which holds when each row's first and last nonempty terms are (every
+  partial sum contains one of them). Otherwise, when levels span more than 600 nats, a
+  log-space prefix scan is taken, under ``lax.cond``. Tangents on empty prefixes are 0.
+  """
+  x = log_masses
+  v = x.shape[-1]
+  top = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+  nonempty = x > -jnp.inf
+  pos = lax.iota(jnp.int32, v)
+  first = jnp.take_along_axis(x, jnp.argmax(nonempty, axis=-1, keepdims=True), axis=-1)
+  last = jnp.take_along_axis(x, jnp.max(jnp.where(nonempty, pos, 0), axis=-1, keepdims=True), axis=-1)
+  scaled_ok = jnp.all((jnp.minimum(first, last) >= top - 600.0) | (top == -jnp.inf))
+
+  def scaled(x):
+    c = jnp.where(top > -jnp.inf, top, 0.0)
+    e = jnp.exp(x - c)
+    return (_log(_cumsum(e), c), _log(_cumsum(e, exclusive=True), c),
+            _log(_cumsum(e, reverse=True, exclusive=True), c))
+
+  def log_space(x):
+    neg = jnp.full_like(x[..., :1], -jnp.inf)
+    cdf = _prefix_logsumexp(x)
+    upper = jnp.flip(_prefix_logsumexp(jnp.flip(x, -1)), -1)
+    return cdf, jnp.concatenate([neg, cdf[..., :-1]], -1), jnp.concatenate([upper[..., 1:], neg], -1)
+
+  return lax.cond(scaled_ok, scaled, log_space, x)
 
 
 class _Parts(NamedTuple):
@@ -228,8 +266,7 @@ class _Parts(NamedTuple):
 
 def _level_parts(log_masses, n=None, log_n=None) -> _Parts:
   """The level law of SPEC §2 on the last axis; exactly one of ``n``, ``log_n`` is given."""
-  log_cdf, log_tail = _cdf_and_tail(log_masses)
-  log_below = jnp.concatenate([jnp.full_like(log_cdf[..., :1], -jnp.inf), log_cdf[..., :-1]], axis=-1)
+  log_cdf, log_below, log_tail = _cumulative(log_masses)
   lnl = _log_neg_log_cdf(log_tail, log_cdf)                    # log(-log F_k), -inf at F_k = 1
   top = lnl == -jnp.inf
   log_nn = jnp.log(n[..., None]) if log_n is None else log_n[..., None]
@@ -391,9 +428,7 @@ def level_stats(log_masses: Float[Array, "... k"], level_reward: Float[Array, ".
   level_reward = jnp.broadcast_to(_checks.finite(where, "level_reward", level_reward), shape).astype(dtype)
   has = log_masses > -jnp.inf
   level_reward = _checks.increasing(where, "level_reward", level_reward, has)
-  log_below = jnp.concatenate([jnp.full_like(log_masses[..., :1], -jnp.inf),
-                               _cumlogsumexp(log_masses)[..., :-1]], axis=-1)
-  return _level_stats(log_masses, level_reward, log_law, log_below)
+  return _level_stats(log_masses, level_reward, log_law, _cumulative(log_masses)[1])
 
 
 def _bon(where, logp, reward, n):
@@ -692,9 +727,8 @@ def mid_rank(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Floa
   """
   logp, reward = _inputs("klrl.bon.mid_rank", logp, reward)
   lv = _levels(logp, reward)
-  below = jnp.concatenate([jnp.zeros_like(lv.log_mass[..., :1]),
-                           jnp.cumsum(jnp.exp(lv.log_mass), axis=-1)[..., :-1]], axis=-1)
-  return jnp.take_along_axis(below + 0.5 * jnp.exp(lv.log_mass), lv.index, axis=-1)
+  mass = jnp.exp(lv.log_mass)
+  return jnp.take_along_axis(_cumsum(mass, exclusive=True) + 0.5 * mass, lv.index, axis=-1)
 
 
 @_checks.public
@@ -709,7 +743,7 @@ def against_frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
   st = _bon_stats(logp, reward, lv, parts)
   log_pi = _bon_log_policy(logp, lv, parts)
   sol = tilted.kl_constrained(logp, reward, st.kl)
-  return AgainstFrontier(kl=st.kl, mean_reward=st.mean_reward, frontier=sol.mean_reward,
+  return AgainstFrontier(kl=st.kl, mean_reward=st.mean_reward, win_rate=st.win_rate, frontier=sol.mean_reward,
                          gap=sol.mean_reward - st.mean_reward, lam=sol.lam,
                          kl_to_tilted=_kl_div(log_pi, sol.log_policy))
 

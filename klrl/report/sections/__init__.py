@@ -4,10 +4,11 @@ Adding a section: write ``klrl/report/sections/<key>.py`` with ``TITLE`` and
 ``run(cfg, ctx) -> Section``, register it here and give it a table ``[<key>]`` in
 ``configs/default.toml``.
 """
-from klrl.report.sections import chains, rlvr, tilted
+from klrl.report.sections import bon, chains, rlvr, tilted
 
 SECTIONS = {
     "tilted": tilted,
+    "bon": bon,
     "chains": chains,
     "rlvr": rlvr,
 }
