@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from klrl import InputError, cli, problems, tilted
+from klrl import InputError, bon, cli, problems, tilted
 from klrl.sweep import EXPERIMENTS, Param, SweepError, config, engine, grid, merge
 from klrl.sweep.experiments import Experiment
 from klrl.sweep.progress import Progress
@@ -47,6 +47,18 @@ seed = { seeds = 3 }
 delta = { logrange = [1e-4, 2.0, 9] }
 [run]
 chunk_size = 5
+"""
+
+BON = """
+experiment = "bon.stats"
+[fixed]
+vocab = 64
+[grid]
+ties = [0, 2]
+seed = { seeds = 2 }
+n = { logrange = [1.0, 1e8, 5] }
+[run]
+chunk_size = 8
 """
 
 # Slow enough chunks (many, each a few ms) that a kill lands mid-way.
@@ -116,6 +128,25 @@ def test_stats_rows_equal_direct_library_calls(stats_run):
   # every parameter is in every row, defaults included
   assert set(rows[0]) >= {"point", "seed", "beta", "vocab", "problem", "temperature", "ties", "exponent"}
   assert {r["vocab"] for r in rows} == {"48"} and {r["problem"] for r in rows} == {"random"}
+
+
+def test_bon_rows_equal_direct_library_calls(tmp_path):
+  cfg, summary = sweep_in_process(BON, tmp_path / "out")
+  rows = table(summary.merged.results)
+  assert len(rows) == cfg.size == 20
+  for ties in (0, 2):
+    sel = [r for r in rows if int(r["ties"]) == ties]
+    pairs = [problems.random_problem(jax.random.PRNGKey(int(r["seed"])), 1, 64, ties=ties) for r in sel]
+    n = np.array([float(r["n"]) for r in sel])
+    f = bon.against_frontier(jnp.concatenate([p[0] for p in pairs]), jnp.concatenate([p[1] for p in pairs]), n)
+    # R has infinite slope at 0: at N = 1 a rounding error e ~ 1e-16 in KL_BoN (which depends on
+    # how the batch is fused) moves R(KL_BoN) and the gap by sqrt(2 Var(r) e) ~ 1e-8.
+    for name, atol in (("kl", 1e-14), ("mean_reward", 1e-14), ("win_rate", 1e-14),
+                       ("frontier", 1e-7), ("gap", 1e-7), ("kl_to_tilted", 1e-7)):
+      got = np.array([float(r[name]) for r in sel])
+      np.testing.assert_allclose(got, np.asarray(getattr(f, name)), rtol=1e-12, atol=atol, err_msg=name)
+    np.testing.assert_allclose([float(r["kl_bound"]) for r in sel], np.asarray(bon.kl_bound(jnp.asarray(n))), rtol=1e-14)
+    assert all(float(r["kl"]) <= float(r["kl_bound"]) + 1e-13 and float(r["gap"]) >= -1e-12 for r in sel)
 
 
 def test_frontier_rows_satisfy_the_closed_form(frontier_run):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from klrl import chains, problems, rlvr, tilted
+from klrl import bon, chains, problems, rlvr, tilted
 
 __all__ = ["Param", "Experiment", "EXPERIMENTS", "experiment", "INSTANCE", "instance"]
 
@@ -137,6 +137,21 @@ def tilted_stats(p, dtype):
   logp, reward = instance(p, dtype)
   s = tilted.stats(logp, reward, p["beta"])
   return s._asdict()
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.bon (SPEC section 2).
+
+@experiment(
+    "bon.stats",
+    params=dict(INSTANCE, n=Param(float, low=1.0, doc="number of draws N >= 1 (real)")),
+    outputs=("kl", "mean_reward", "win_rate", "kl_bound", "frontier", "gap", "lam", "kl_to_tilted"))
+def bon_stats(p, dtype):
+  """Best-of-N against the KL-RL frontier at its own KL: KL, reward, win rate, bound, gap."""
+  logp, reward = instance(p, dtype)
+  f = bon.against_frontier(logp, reward, p["n"])
+  return dict(kl=f.kl, mean_reward=f.mean_reward, win_rate=f.win_rate, kl_bound=bon.kl_bound(p["n"]),
+              frontier=f.frontier, gap=f.gap, lam=f.lam, kl_to_tilted=f.kl_to_tilted)
 
 
 # ---------------------------------------------------------------------------------------------
