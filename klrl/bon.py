@@ -67,7 +67,7 @@ from jax import lax
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float, Int
 
-from klrl import _checks, tilted
+from klrl import _checks, _rows, tilted
 from klrl.divergences import expectation, kl as _kl_div, log_normalize
 
 __all__ = [
@@ -500,8 +500,15 @@ def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: Float[A
   Returns:
     :class:`Stats`.
   """
-  logp, reward, _, lv, parts = _bon("klrl.bon.stats", logp, reward, n)
-  return _bon_stats(logp, reward, lv, parts)
+  where = "klrl.bon.stats"
+  logp, reward = _inputs(where, logp, reward)
+  n = _row(where, "n", n, logp, 1.0)
+
+  def rows(logp, reward, n):
+    lv = _levels(logp, reward)
+    return _bon_stats(logp, reward, lv, _level_parts(lv.log_mass, n=n))
+
+  return _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, n)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
-from klrl import _checks
+from klrl import _checks, _rows
 from klrl.divergences import _kl, expectation
 
 __all__ = [
@@ -153,6 +153,11 @@ def _prepare(where, logp, reward, top=True):
 
 
 def _constants(logp, reward, top=True):
+  return _rows.by_rows(lambda lp, r: _constants_block(lp, r, top), logp.shape[:-1], logp.shape[-1],
+                       logp.dtype.itemsize, logp, reward)
+
+
+def _constants_block(logp, reward, top):
   # Reductions are written without selects where possible: XLA:CPU vectorises those.
   p = jnp.exp(logp)
   total = jnp.sum(p, axis=-1)
@@ -234,6 +239,11 @@ def _sums_large(logp, reward, lam, prep, gap):
 
 def _cumulants(logp, reward, lam, prep: _Prep, gap: bool = False) -> Cumulants:
   """Cumulants at ``lam`` from one pass, choosing per row the accurate centring."""
+  return _rows.by_rows(lambda *a: _cumulants_block(*a, gap), logp.shape[:-1], logp.shape[-1],
+                       logp.dtype.itemsize, logp, reward, lam, prep)
+
+
+def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool) -> Cumulants:
   small = lam * (prep.r_max - prep.r_min) <= 1.0
   ones = jnp.ones_like(lam)
   safe_small = jnp.where(small, lam, 0.0)      # each branch sees only values it handles well

@@ -1,0 +1,43 @@
+"""Row reductions evaluated in blocks of rows on the CPU.
+
+XLA:CPU computes a reduction over the last axis fastest when the elementwise work feeding it
+is fused into it. When several reductions share one elementwise intermediate (the weights
+``p e^{lam r}`` feeding four moments, say), that intermediate is written out whole, and a
+fresh ``B x V`` buffer costs more than the arithmetic (page faults on every call). Evaluating
+the same function on blocks of rows keeps each intermediate a few MiB, in cache and in
+reused memory: at ``B = 64, V = 2^17`` the moments of the tilt take a third of the time. On
+other platforms the function runs on the whole batch at once.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+from jax import lax
+
+BLOCK_BYTES = 1 << 21   # per-block intermediates of about 2 MiB
+
+
+def by_rows(fn, batch: tuple[int, ...], width: int, itemsize: int, *args):
+  """``fn(*args)``, evaluated on blocks of rows on the CPU.
+
+  Args:
+    fn: a function of arrays whose leading axes are ``batch``, returning such arrays; it must
+      treat rows independently.
+    batch: the batch shape shared by every leaf of ``args``.
+    width: length of the longest row (the last axis of the largest argument).
+    itemsize: bytes per element.
+    *args: pytrees of arrays with leading axes ``batch``.
+  """
+  n = math.prod(batch)
+  target = max(1, BLOCK_BYTES // max(1, width * itemsize))
+  if n <= target:
+    return fn(*args)
+  block = max(d for d in range(1, target + 1) if n % d == 0)   # blocks of equal size
+
+  def blocked(*args):
+    split = lambda x: x.reshape((n // block, block) + x.shape[len(batch):])
+    out = lax.map(lambda a: fn(*a), jax.tree.map(split, args))
+    return jax.tree.map(lambda x: x.reshape(batch + x.shape[2:]), out)
+
+  return lax.platform_dependent(*args, cpu=blocked, default=fn)
