@@ -267,20 +267,26 @@ class _Parts(NamedTuple):
 def _level_parts(log_masses, n=None, log_n=None) -> _Parts:
   """The level law of SPEC §2 on the last axis; exactly one of ``n``, ``log_n`` is given."""
   log_cdf, log_below, log_tail = _cumulative(log_masses)
-  lnl = _log_neg_log_cdf(log_tail, log_cdf)                    # log(-log F_k), -inf at F_k = 1
-  top = lnl == -jnp.inf
-  log_nn = jnp.log(n[..., None]) if log_n is None else log_n[..., None]
-  safe = jnp.where(top, 0.0, lnl)
-  a = -jnp.exp(log_nn + safe)                                    # N log F_k ...
-  if log_n is None:                                              # ... to the last ulp when
-    a = jnp.where(safe < -700.0, a, -n[..., None] * jnp.exp(safe))  # N and -log F are floats
-  a = jnp.where(top, 0.0, a)
+  if log_n is None:                                              # N log F_k, F_k from its tail near 1
+    log_nn = jnp.log(n[..., None])
+    upper = log_tail < -math.log(2.0)
+    log_f = jnp.where(upper, jnp.log1p(-jnp.exp(jnp.where(upper, log_tail, -1.0))), log_cdf)
+    tiny = log_tail < _TINY_LOG                                  # -log F = T to within T^2
+    a = jnp.where(tiny, -jnp.exp(log_nn + jnp.where(tiny, log_tail, 0.0)), n[..., None] * log_f)
+    a = jnp.where(log_tail == -jnp.inf, 0.0, a)                  # F_k = 1
+  else:
+    log_nn = log_n[..., None]
+    lnl = _log_neg_log_cdf(log_tail, log_cdf)                    # log(-log F_k), -inf at F_k = 1
+    top = lnl == -jnp.inf
+    safe = jnp.where(top, 0.0, lnl)
+    a = jnp.where(top, 0.0, -jnp.exp(log_nn + safe))
+    log_f = -jnp.exp(lnl)
   has = log_masses > -jnp.inf
   first = log_below == -jnp.inf                                 # F-_k = 0: the factor is 1
   ratio = jnp.where(has & ~first, log_masses - log_below, 0.0)  # log(P_k / F-_k)
   factor = _log1m_exp_neg_exp(log_nn + _log_log1p_exp(ratio))   # log(1 - (F-_k/F_k)^N)
   log_law = jnp.where(has, a + jnp.where(first, 0.0, factor), -jnp.inf)
-  return _Parts(log_law, -jnp.exp(lnl), log_below)
+  return _Parts(log_law, log_f, log_below)
 
 
 def _order_key(reward):
