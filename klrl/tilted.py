@@ -152,6 +152,17 @@ def _prepare(where, logp, reward, top=True):
   return _checks.finite_probe(where, "reward", tree, probe)
 
 
+def _one_pass(where, logp, reward, lam) -> Cumulants:
+  """Checked cumulants at ``lam``: the constants and the sums of each block of rows in turn,
+  while the block is in cache (see :mod:`klrl._rows`)."""
+  def rows(logp, reward, lam):
+    prep, total, probe = _constants_block(logp, reward, False)
+    return _cumulants_block(logp, reward, lam, prep, False), total, probe
+
+  c, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, lam)
+  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", c, total), probe)
+
+
 def _constants(logp, reward, top=True):
   return _rows.by_rows(lambda lp, r: _constants_block(lp, r, top), logp.shape[:-1], logp.shape[-1],
                        logp.dtype.itemsize, logp, reward)
@@ -323,8 +334,7 @@ def cumulants(logp: Float[Array, "... v"], reward: Float[Array, "... v"], lam: F
   """
   where = "klrl.tilted.cumulants"
   logp, reward, lam = _inputs(where, logp, reward, False, lam=(lam, _checks.nonnegative))
-  logp, reward, prep = _prepare(where, logp, reward, top=False)
-  return _cumulants(logp, reward, lam, prep)
+  return _one_pass(where, logp, reward, lam)
 
 
 @_checks.public
@@ -336,8 +346,7 @@ def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Floa
   """
   where = "klrl.tilted.stats"
   logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
-  logp, reward, prep = _prepare(where, logp, reward, top=False)
-  c = _cumulants(logp, reward, 1.0 / beta, prep)
+  c = _one_pass(where, logp, reward, 1.0 / beta)
   return TiltStats(log_z=c.log_z, kl=c.kl, mean_reward=c.mean, var_reward=c.var,
                    entropy=c.cross_entropy - c.kl)
 
