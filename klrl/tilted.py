@@ -507,7 +507,18 @@ def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], d
 
 
 def _kl_constrained(where, logp, reward, delta) -> Constrained:
-  logp, reward, prep = _prepare(where, logp, reward)
+  """Checked solution; each block of rows is solved while it is in cache (:mod:`klrl._rows`)."""
+  def rows(logp, reward, delta):
+    prep, total, probe = _constants_block(logp, reward, True)
+    sol = _constrained_rows(logp, reward, delta, prep)
+    return sol._replace(iterations=jnp.broadcast_to(sol.iterations, delta.shape)), total, probe
+
+  sol, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, delta)
+  sol = sol._replace(iterations=jnp.max(sol.iterations, initial=0))
+  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", sol, total), probe)
+
+
+def _constrained_rows(logp, reward, delta, prep: _Prep) -> Constrained:
   dmax = -prep.log_ps
   saturated = delta >= dmax
   lam, it = _root(logp, reward, delta, saturated, prep)
