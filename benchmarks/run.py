@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 
 import jax
 
@@ -19,6 +20,7 @@ def main(argv=None):
   parser.add_argument("--tag", default=None, help="name of the results file (default: the platform)")
   args = parser.parse_args(argv)
   jax.config.update("jax_enable_x64", True)
+  load0 = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
   info, bw = harness.machine(), harness.copy_bandwidth()
   bandwidth = bw.get("device_copy_GBps", bw["host_copy_GBps"])
   print("machine:", info)
@@ -29,6 +31,8 @@ def main(argv=None):
     for row in suite.run(args):
       print(harness.table([row], bandwidth).splitlines()[-1], flush=True)
       rows.append(row)
+  if hasattr(os, "getloadavg"):   # other work on the machine shows here: judge the run by it
+    info["load_average"] = {"start": load0, "end": round(os.getloadavg()[0], 2)}
   print()
   print(harness.table(rows, bandwidth))
   if not args.quick or args.tag:   # quick runs are saved only when named with --tag
