@@ -8,7 +8,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted"]
+SUITES = ["tilted", "bon"]
 
 
 def main(argv=None):

@@ -121,6 +121,13 @@ def batch_param(where: str, name: str, x, batch_shape: tuple[int, ...], dtype=No
   return jnp.broadcast_to(x if dtype is None else x.astype(dtype), batch_shape)
 
 
+def integer(where: str, name: str, x, low: int) -> int:
+  """A static count: a Python ``int`` (not a traced array) that is at least ``low``."""
+  if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < low:
+    _fail(where, name, f"must be a Python int >= {low} (a compile-time constant), got {x!r}")
+  return int(x)
+
+
 # ---------------------------------------------------------------------------------------------
 # Run-time (value) checks: each returns its argument, tied to the check.
 
@@ -179,3 +186,11 @@ def at_least(where: str, name: str, x: jax.Array, low: float) -> jax.Array:
 
 def in_unit_interval(where: str, name: str, x: jax.Array) -> jax.Array:
   return eqx.error_if(x, ~((x >= 0) & (x <= 1)).all(), f"{where}: argument '{name}' must lie in [0, 1]")
+
+
+def increasing(where: str, name: str, x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Values strictly increasing along the last axis over the entries where ``mask`` holds."""
+  prev = jax.lax.cummax(jnp.where(mask, x, -jnp.inf), axis=x.ndim - 1)
+  prev = jnp.concatenate([jnp.full_like(prev[..., :1], -jnp.inf), prev[..., :-1]], axis=-1)
+  return eqx.error_if(x, (mask & ~(x > prev)).any(),
+                      f"{where}: argument '{name}' must be strictly increasing along the last axis (over the entries of positive mass)")
