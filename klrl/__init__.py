@@ -1,7 +1,7 @@
 """klrl: a JAX-accelerated, differentiable simulator of the theory of KL-regularised RL for
 language models. See README.md and SPEC section numbers cited in each module."""
-from klrl import bon, divergences, tilted
+from klrl import bon, divergences, memoryless, tilted
 from klrl._checks import InputError
 
 __version__ = "0.1.0"
-__all__ = ["InputError", "bon", "divergences", "tilted"]
+__all__ = ["InputError", "bon", "divergences", "memoryless", "tilted"]
