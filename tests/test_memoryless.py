@@ -125,6 +125,18 @@ def test_rate_function_with_ties_and_zero_mass():
   assert float(got[4]) == pytest.approx(-math.log(0.3), rel=1e-15)       # tied maximum: p(r = 2) = 0.3
 
 
+def test_rate_far_from_the_mean_of_a_sharp_tilt():
+  # A strongly tilted law (most mass on one point): the solver's function G is S-shaped there and
+  # plain Newton oscillates between its two linear ends.
+  logp = np.array([-20.06672438, -3.01746641, -18.90981026, -16.84232419, -0.05658994, -23.6280808,
+                   -25.5846659, -5.10054299])
+  logp = logp - logsumexp(logp)
+  r = np.array([-1.0, 0.75, -0.75, -0.75, 1.0, -1.25, -1.5, 0.5])
+  xs = np.array([-1.4, -0.9, 0.0875, 0.5, 0.99])
+  got = M.rate_function(logp, r, xs)
+  np.testing.assert_allclose(got, [float(mp_rate(np.exp(logp), r, x)) for x in xs], rtol=1e-12)
+
+
 def test_rate_derivatives_are_exact_and_implicit():
   f = lambda lg, r, x: M.rate_function(jax.nn.log_softmax(lg), r, x)
   logits, r, xs = jnp.log(jnp.array(P3)), jnp.array(R3), jnp.array([0.2, 1.5, 2.99])
@@ -166,16 +178,23 @@ def test_tilted_rate_scgf_renyi_and_scaled_cumulants():
   assert np.all(got[1, x[1] != 3.0] == np.inf) and np.all(got[1, x[1] == 3.0] == 0.0)
   # SCGF: exact, and equal to the Renyi cross-entropy form; saturated: t r_max.
   t = np.array([-3.0, -0.4, 0.0, 1e-6, 0.7, 4.0])
-  ref = np.array([[float(mp_cgf(P3, R3, lam + v) - mp_cgf(P3, R3, lam)) for v in t], 3 * t])
+  lam_t = np.array([[float(mp_cgf(P3, R3, lam + v) - mp_cgf(P3, R3, lam)) for v in t], 3 * t])
   tt = np.broadcast_to(t, (2, 6))
-  np.testing.assert_allclose(M.scgf(logp[:, None], R3, deltas[:, None], tt), ref, rtol=1e-12, atol=1e-300)
-  np.testing.assert_allclose(M.scgf_renyi(logp[:, None], R3, deltas[:, None], tt), ref, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(M.scgf(logp[:, None], R3, deltas[:, None], tt), lam_t, rtol=1e-12, atol=1e-300)
+  np.testing.assert_allclose(M.scgf_renyi(logp[:, None], R3, deltas[:, None], tt), lam_t, rtol=1e-12, atol=1e-14)
   # Scaled cumulants A^(k)(lam) against mpmath derivatives; saturated: r_max, then zeros.
   kappa = np.asarray(M.scaled_cumulants(logp, R3, deltas, 4))
   ref = [float(mp.diff(lambda u: mp_cgf(P3, R3, u), lam, k)) for k in range(1, 5)]
   np.testing.assert_allclose(kappa[0], ref, rtol=1e-10)
   assert kappa[0, 0] == pytest.approx(float(x_d), rel=1e-14)
   np.testing.assert_allclose(kappa[1], [3.0, 0, 0, 0], atol=1e-15)
+  # All of them at once.
+  ld = M.large_deviations(logp[:, None], R3, deltas[:, None], x, tt)
+  np.testing.assert_array_equal(ld.tilted_rate, got)
+  np.testing.assert_allclose(ld.rate[0, :-1], M.rate_function(LP3, R3, XS), rtol=1e-14)
+  np.testing.assert_allclose(ld.scgf, lam_t, rtol=1e-12, atol=1e-300)
+  np.testing.assert_allclose(ld.scgf_renyi, lam_t, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(ld.cgf[0], [float(mp_cgf(P3, R3, v)) for v in t], rtol=1e-13)
 
 
 def _instance(seed, vocab=6):
