@@ -4,9 +4,10 @@ Adding a section: write ``klrl/report/sections/<key>.py`` with ``TITLE`` and
 ``run(cfg, ctx) -> Section``, register it here and give it a table ``[<key>]`` in
 ``configs/default.toml``.
 """
-from klrl.report.sections import bon, tilted
+from klrl.report.sections import bon, memoryless, tilted
 
 SECTIONS = {
     "tilted": tilted,
     "bon": bon,
+    "memoryless": memoryless,
 }
