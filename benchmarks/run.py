@@ -8,7 +8,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted", "bon"]
+SUITES = ["tilted", "bon", "chains", "train", "sweep"]
 
 
 def main(argv=None):
@@ -31,7 +31,7 @@ def main(argv=None):
       rows.append(row)
   print()
   print(harness.table(rows, bandwidth))
-  if not args.quick:
+  if not args.quick or args.tag:   # quick runs are saved only when named with --tag
     path = harness.save(rows, info, bw, args.tag or info["platform"])
     print(f"\nsaved {path}.json and {path}.md")
 

@@ -135,16 +135,19 @@ def _tol(dtype) -> float:
   return 1e-4 if jnp.finfo(dtype).bits <= 32 else 1e-6
 
 
-def log_probs(where: str, name: str, logp: jax.Array) -> jax.Array:
-  """Log-probabilities over the last axis: no NaN, no +inf, logsumexp within tolerance of 0."""
-  logp = eqx.error_if(logp, jnp.isnan(logp).any(), f"{where}: argument '{name}' contains NaN")
+def log_probs(where: str, name: str, logp: jax.Array, what: str | None = None, nan_hint: str = "") -> jax.Array:
+  """Log-probabilities over the last axis: no NaN, no +inf, logsumexp within tolerance of 0.
+
+  ``what`` replaces the description in the message for the normalisation failure; it may use
+  ``{tol}``. ``nan_hint`` is appended to the NaN message.
+  """
+  logp = eqx.error_if(logp, jnp.isnan(logp).any(), f"{where}: argument '{name}' contains NaN{nan_hint}")
   logp = eqx.error_if(logp, (logp == jnp.inf).any(), f"{where}: argument '{name}' contains +inf (log-probabilities are <= 0)")
   tol = _tol(logp.dtype)
+  what = what or ("is not a log-probability vector over the last axis "
+                  "(logsumexp must be 0 within {tol}; use jax.nn.log_softmax to normalise)")
   bad = ~(jnp.abs(logsumexp(logp, axis=-1)) <= tol).all()
-  return eqx.error_if(
-      logp, bad,
-      f"{where}: argument '{name}' is not a log-probability vector over the last axis "
-      f"(logsumexp must be 0 within {tol:g}; use jax.nn.log_softmax to normalise)")
+  return eqx.error_if(logp, bad, f"{where}: argument '{name}' " + what.format(tol=f"{tol:g}"))
 
 
 def normalised(where: str, name: str, x, total: jax.Array):
@@ -194,3 +197,45 @@ def increasing(where: str, name: str, x: jax.Array, mask: jax.Array) -> jax.Arra
   prev = jnp.concatenate([jnp.full_like(prev[..., :1], -jnp.inf), prev[..., :-1]], axis=-1)
   return eqx.error_if(x, (mask & ~(x > prev)).any(),
                       f"{where}: argument '{name}' must be strictly increasing along the last axis (over the entries of positive mass)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks.
+
+def mask(where: str, name: str, x, min_ndim: int = 1) -> jax.Array:
+  """Returns ``x`` as a boolean array; raises unless its dtype is bool (0/1 floats are refused)."""
+  x = jnp.asarray(x)
+  if x.dtype != jnp.bool_:
+    _fail(where, name, f"must be a boolean mask (dtype bool), got dtype {x.dtype}; convert with .astype(bool)")
+  if x.ndim < min_ndim:
+    _fail(where, name, f"must have at least {min_ndim} axis (the support is the last axis), got shape {x.shape}")
+  return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Markov kernels and index arrays.
+
+def square(where: str, name: str, x) -> None:
+  """Raises unless the last two axes of ``x`` have the same length (a kernel over M states)."""
+  if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
+    _fail(where, name, f"must be a square kernel over the last two axes (..., M, M), got shape {x.shape}")
+
+
+def log_kernel(where: str, name: str, logk: jax.Array) -> jax.Array:
+  """Rows of a log transition kernel: no NaN, no +inf, each row's logsumexp within tolerance of 0."""
+  return log_probs(where, name, logk, nan_hint=" (a negative or NaN probability?)", what=(
+      "is not a log kernel: each row must be log-probabilities over the last axis "
+      "(row logsumexp 0 within {tol}; pass jnp.log(P) for a probability kernel P)"))
+
+
+def integers(where: str, name: str, x, size: int) -> jax.Array:
+  """An integer index array (static dtype check) with entries in ``[0, size)`` (value check)."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    _fail(where, name, f"must be an integer index array, got dtype {x.dtype}")
+  return eqx.error_if(x, ~((x >= 0) & (x < size)).all(), f"{where}: argument '{name}' has indices outside [0, {size})")
+
+
+def holds(where: str, name: str, x: jax.Array, ok: jax.Array, what: str) -> jax.Array:
+  """Returns ``x`` (an array or a pytree) tied to the run-time condition ``ok`` (every entry true)."""
+  return eqx.error_if(x, ~jnp.all(ok), f"{where}: argument '{name}' {what}")

@@ -332,13 +332,8 @@ def _level_stats(log_masses, level_reward, log_law, log_below) -> Stats:
 # Validation.
 
 def _inputs(where, logp, reward):
-  logp = _checks.floating(where, "logp", logp, 1)
-  reward = _checks.floating(where, "reward", reward, 1)
-  _checks.same_support(where, "logp", logp, "reward", reward)
-  shape = jnp.broadcast_shapes(logp.shape, reward.shape)
-  dtype = jnp.result_type(logp, reward)
-  logp, reward = _checks.log_probs(where, "logp", logp), _checks.finite(where, "reward", reward)
-  return jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)
+  logp, reward = tilted._inputs(where, logp, reward)   # the same checks as the tilted policies
+  return logp, reward
 
 
 def _row(where, name, x, logp, low=None, check=None):

@@ -1,4 +1,8 @@
-"""Command line: ``klrl run`` writes the theorem report of the default configuration."""
+"""Command line: ``klrl run`` (the theorem atlas), ``klrl sweep``, ``klrl merge``, ``klrl plot``.
+
+Orchestration only: the mathematics is in the library, the sweep machinery in
+:mod:`klrl.sweep`, the report in :mod:`klrl.report`.
+"""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +27,7 @@ def _run(args) -> int:
     print(f"klrl run: configuration {path} not found (pass --config PATH)", file=sys.stderr)
     return 2
   cfg = tomllib.loads(path.read_text())
-  wanted = args.sections.split(",") if args.sections else [k for k in SECTIONS if k in cfg]
+  wanted = args.sections.split(",") if args.sections else list(SECTIONS)
   unknown = [k for k in wanted if k not in SECTIONS]
   if unknown:
     print(f"klrl run: unknown section(s) {unknown}; known: {list(SECTIONS)}", file=sys.stderr)
@@ -31,34 +35,112 @@ def _run(args) -> int:
   stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
   out = Path(args.out) if args.out else Path(cfg.get("run", {}).get("out", "runs")) / stamp
   ctx = Context(out=out, scale=args.scale, quiet=args.quiet)
-  sections, t0 = [], time.perf_counter()
+  sections, seconds, t0 = [], {}, time.perf_counter()
   for i, key in enumerate(wanted, 1):
     ctx.log(f"[{i}/{len(wanted)}] {SECTIONS[key].TITLE} ...")
     t = time.perf_counter()
     sections.append(SECTIONS[key].run(cfg.get(key, {}), ctx))
-    ctx.log(f"      done in {time.perf_counter() - t:.1f} s")
-  header = (f"# klrl report\n\nklrl {__version__}, configuration `{path}`, devices {jax.devices()}, "
+    seconds[sections[-1].key] = time.perf_counter() - t
+    ctx.log(f"      done in {seconds[sections[-1].key]:.1f} s")
+  header = (f"# klrl theorem atlas\n\nklrl {__version__}, configuration `{path}`"
+            f"{' at accelerator scale (--scale)' if args.scale else ''}, devices {jax.devices()}, "
             f"{time.perf_counter() - t0:.1f} s.")
-  report = write_report(out, sections, header)
+  report = write_report(out, sections, header, seconds=seconds)
   failed = [c.name for s in sections for c in s.checks if not c.passed]
-  print(f"klrl run: wrote {report}, {out / 'results.csv'} and {out / 'figures'}/")
+  print(f"klrl run: wrote {report}, {report.with_suffix('.html')}, {out / 'results.csv'} and {out / 'figures'}/")
   if failed:
     print(f"klrl run: {len(failed)} check(s) FAILED: {failed}", file=sys.stderr)
     return 1
   return 0
 
 
+def _sweep(args) -> int:
+  from klrl.sweep import ConfigError, SweepError, engine, load
+
+  try:
+    cfg = load(args.config)
+  except ConfigError as e:
+    print(e, file=sys.stderr)
+    return 2
+  if args.dry_run:
+    print(engine.describe(cfg))
+    return 0
+  out = Path(args.out or cfg.out or Path("runs") / "sweeps" / Path(args.config).stem)
+  dist = engine.distributed_settings(cfg.distributed, args.distributed, coordinator_address=args.coordinator,
+                                     num_processes=args.num_processes, process_id=args.process_id)
+  try:
+    summary = engine.sweep(cfg, out, quiet=args.quiet, distributed=dist)
+  except SweepError as e:
+    print(f"klrl sweep: {e}", file=sys.stderr)
+    return 1 if isinstance(e, engine.ChunkFailed) else 2
+  print(engine.report(summary))
+  return 0
+
+
+def _merge(args) -> int:
+  from klrl.sweep import SweepError, merge
+
+  try:
+    merged = merge(args.dirs, args.out)
+  except SweepError as e:
+    print(f"klrl merge: {e}", file=sys.stderr)
+    return 2
+  print(f"klrl merge: {merged.rows} rows in {merged.results}; manifest {merged.manifest}")
+  return 0
+
+
+def _plot(args) -> int:
+  from klrl.sweep import SweepError
+  from klrl.sweep.plot import plot
+
+  where = dict(w.split("=", 1) for w in args.where)
+  try:
+    path = plot(args.results, args.x, args.y, args.group, where=where, out=args.out, logx=args.logx, logy=args.logy)
+  except SweepError as e:
+    print(f"klrl plot: {e}", file=sys.stderr)
+    return 2
+  print(f"klrl plot: wrote {path}")
+  return 0
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="klrl", description=__doc__)
+  parser = argparse.ArgumentParser(prog="klrl", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
-  run = sub.add_parser("run", help="run the report on a configuration (default: configs/default.toml)")
+  run = sub.add_parser("run", help="the theorem atlas: every report section (default: configs/default.toml)")
   run.add_argument("--config", help="TOML configuration file")
   run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
   run.add_argument("--sections", help="comma-separated subset of sections to run")
   run.add_argument("--scale", action="store_true", help="accelerator-sized instances")
   run.add_argument("--quiet", action="store_true", help="print only where the results went")
+
+  sw = sub.add_parser("sweep", help="run (or resume) the sweep of a TOML configuration")
+  sw.add_argument("config", help="sweep configuration (see configs/sweeps/)")
+  sw.add_argument("--out", help="results directory (default: [run] out, else runs/sweeps/<config name>)")
+  sw.add_argument("--quiet", action="store_true", help="no progress display")
+  sw.add_argument("--dry-run", action="store_true", help="check the configuration and describe the grid only")
+  sw.add_argument("--distributed", action="store_true",
+                  help="multi-host: initialise jax.distributed (settings below, else from the cluster scheduler)")
+  sw.add_argument("--coordinator", help="multi-host: address host:port of process 0 (JAX_COORDINATOR_ADDRESS)")
+  sw.add_argument("--num-processes", type=int, help="multi-host: number of processes (JAX_NUM_PROCESSES)")
+  sw.add_argument("--process-id", type=int, help="multi-host: index of this process (JAX_PROCESS_ID)")
+
+  mg = sub.add_parser("merge", help="merge the chunk files of a sweep (one directory or one per host)")
+  mg.add_argument("dirs", nargs="+", help="results directories of the same configuration")
+  mg.add_argument("--out", help="where to write results.csv and manifest.json (default: the first directory)")
+
+  pl = sub.add_parser("plot", help="a quantity against a swept axis, grouped by another, as PNG")
+  pl.add_argument("results", help="results.csv or a results directory")
+  pl.add_argument("--x", required=True, help="column on the horizontal axis")
+  pl.add_argument("--y", required=True, help="column on the vertical axis")
+  pl.add_argument("--group", help="one line per value of this column")
+  pl.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="keep matching rows (repeatable)")
+  pl.add_argument("--logx", action="store_true")
+  pl.add_argument("--logy", action="store_true")
+  pl.add_argument("--out", help="PNG path (default: <results dir>/plots/...)")
   args = parser.parse_args(argv)
-  return {"run": _run}[args.command](args)
+  if args.command == "plot" and any("=" not in w for w in args.where):
+    parser.error("--where takes COL=VALUE")
+  return {"run": _run, "sweep": _sweep, "merge": _merge, "plot": _plot}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
 from klrl import _checks
-from klrl.divergences import expectation
+from klrl.divergences import _kl, expectation
 
 __all__ = [
     "Cumulants", "TiltStats", "Constrained", "tilt", "log_partition", "cumulants", "stats",
@@ -99,20 +100,33 @@ class Constrained(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Validation.
 
-def _inputs(where, logp, reward, values=True):
-  """Shape/dtype checks, and value checks unless the caller folds them into :func:`_prepare`."""
+def _inputs(where, logp, reward, values=True, **params):
+  """Checks and broadcasts ``logp``, ``reward`` and per-row parameters to one batch shape.
+
+  ``params`` maps a name to ``(value, check)``; each value is a scalar or an array over batch
+  axes. Value checks of ``logp``/``reward`` are skipped when ``values=False`` (the caller folds
+  them into :func:`_prepare`'s pass). Returns ``logp, reward, *params``.
+  """
   logp = _checks.floating(where, "logp", logp, 1)
   reward = _checks.floating(where, "reward", reward, 1)
   _checks.same_support(where, "logp", logp, "reward", reward)
-  shape = jnp.broadcast_shapes(logp.shape, reward.shape)
+  batch = np.broadcast_shapes(logp.shape[:-1], reward.shape[:-1])
+  xs = []
+  for name, (value, check) in params.items():
+    x = _checks.floating(where, name, value)
+    try:
+      batch = np.broadcast_shapes(batch, x.shape)
+    except ValueError:
+      raise _checks.InputError(f"{where}: argument '{name}' has shape {x.shape}, which does not broadcast "
+                               f"with the batch axes {batch} of 'logp'/'reward'") from None
+    xs.append((name, x, check))
   dtype = jnp.result_type(logp, reward)
   if values:
     logp, reward = _checks.log_probs(where, "logp", logp), _checks.finite(where, "reward", reward)
-  return jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)
-
-
-def _row(where, name, x, logp, check):
-  return check(where, name, _checks.batch_param(where, name, x, logp.shape[:-1], logp.dtype))
+  shape = batch + logp.shape[-1:]
+  out = [jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)]
+  out += [check(where, name, jnp.broadcast_to(x, batch).astype(dtype)) for name, x, check in xs]
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,8 +285,7 @@ def tilt(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float
     ``log pi_beta``; zero-mass entries of ``p`` stay ``-inf``.
   """
   where = "klrl.tilted.tilt"
-  logp, reward = _inputs(where, logp, reward)
-  beta = _row(where, "beta", beta, logp, _checks.positive)
+  logp, reward, beta = _inputs(where, logp, reward, beta=(beta, _checks.positive))
   lw = logp + reward / beta[..., None]
   return lw - logsumexp(lw, axis=-1, keepdims=True)
 
@@ -281,8 +294,7 @@ def tilt(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float
 def log_partition(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float[Array, "..."]) -> Float[Array, "..."]:
   """``log Z_beta = log E_p exp(r / beta)``; ``beta log Z_beta`` is the optimal value of ``J_beta``."""
   where = "klrl.tilted.log_partition"
-  logp, reward = _inputs(where, logp, reward)
-  beta = _row(where, "beta", beta, logp, _checks.positive)
+  logp, reward, beta = _inputs(where, logp, reward, beta=(beta, _checks.positive))
   return logsumexp(logp + reward / beta[..., None], axis=-1)
 
 
@@ -300,8 +312,7 @@ def cumulants(logp: Float[Array, "... v"], reward: Float[Array, "... v"], lam: F
     lam: inverse temperature ``lam = 1/beta >= 0`` (``lam = 0`` gives ``p`` itself).
   """
   where = "klrl.tilted.cumulants"
-  logp, reward = _inputs(where, logp, reward, values=False)
-  lam = _row(where, "lam", lam, logp, _checks.nonnegative)
+  logp, reward, lam = _inputs(where, logp, reward, False, lam=(lam, _checks.nonnegative))
   logp, reward, prep = _prepare(where, logp, reward, top=False)
   return _cumulants(logp, reward, lam, prep)
 
@@ -314,8 +325,7 @@ def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Floa
   (SPEC section 1), from one pass over the data.
   """
   where = "klrl.tilted.stats"
-  logp, reward = _inputs(where, logp, reward, values=False)
-  beta = _row(where, "beta", beta, logp, _checks.positive)
+  logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
   logp, reward, prep = _prepare(where, logp, reward, top=False)
   c = _cumulants(logp, reward, 1.0 / beta, prep)
   return TiltStats(log_z=c.log_z, kl=c.kl, mean_reward=c.mean, var_reward=c.var,
@@ -330,14 +340,13 @@ def objective(logq: Float[Array, "... v"], logp: Float[Array, "... v"], reward: 
   By the Gibbs variational identity ``J_beta(q) = beta log Z_beta - beta KL(q || pi_beta)``.
   """
   where = "klrl.tilted.objective"
-  logp, reward = _inputs(where, logp, reward)
   logq = _checks.floating(where, "logq", logq, 1)
+  logp, reward, beta = _inputs(where, logp, reward, beta=(beta, _checks.positive))
   _checks.same_support(where, "logp", logp, "logq", logq)
-  logq = jnp.broadcast_to(_checks.log_probs(where, "logq", logq), logp.shape).astype(logp.dtype)
-  beta = _row(where, "beta", beta, logp, _checks.positive)
-  q = jnp.exp(logq)
-  kl = jnp.sum(q * jnp.where(q > 0, logq - logp, 0.0), axis=-1)
-  return expectation(logq, reward) - beta * kl
+  shape = jnp.broadcast_shapes(logp.shape, logq.shape)
+  logq = jnp.broadcast_to(_checks.log_probs(where, "logq", logq), shape).astype(logp.dtype)
+  logp, reward = jnp.broadcast_to(logp, shape), jnp.broadcast_to(reward, shape)
+  return expectation(logq, reward) - jnp.broadcast_to(beta, shape[:-1]) * _kl(logq, logp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +359,7 @@ def max_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Float[
   Budgets at or above it saturate the constraint. Zero for a constant reward.
   """
   where = "klrl.tilted.max_kl"
-  logp, reward = _inputs(where, logp, reward, values=False)
+  logp, reward = _inputs(where, logp, reward, False)
   return -_prepare(where, logp, reward)[2].log_ps
 
 
@@ -474,8 +483,7 @@ def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], d
     ``saturated`` and ``iterations``.
   """
   where = "klrl.tilted.kl_constrained"
-  logp, reward = _inputs(where, logp, reward, values=False)
-  delta = _row(where, "delta", delta, logp, _checks.nonnegative)
+  logp, reward, delta = _inputs(where, logp, reward, False, delta=(delta, _checks.nonnegative))
   return _kl_constrained(where, logp, reward, delta)
 
 
@@ -512,8 +520,7 @@ def _kl_constrained(where, logp, reward, delta) -> Constrained:
 def frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."]) -> Float[Array, "..."]:
   """The reward-KL frontier ``R(delta) = E_{phi_delta}[r]``: concave, increasing, ``R' = beta``."""
   where = "klrl.tilted.frontier"
-  logp, reward = _inputs(where, logp, reward, values=False)
-  delta = _row(where, "delta", delta, logp, _checks.nonnegative)
+  logp, reward, delta = _inputs(where, logp, reward, False, delta=(delta, _checks.nonnegative))
   return _kl_constrained(where, logp, reward, delta).mean_reward
 
 
@@ -525,8 +532,7 @@ def dual_frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], de
   Its minimum over ``lam`` is ``R(delta)``; every value is an upper bound on ``R(delta)``.
   """
   where = "klrl.tilted.dual_frontier"
-  logp, reward = _inputs(where, logp, reward)
-  delta = _row(where, "delta", delta, logp, _checks.nonnegative)
+  logp, reward, delta = _inputs(where, logp, reward, delta=(delta, _checks.nonnegative))
   lam = _checks.positive(where, "lam", _checks.floating(where, "lam", lam, 1)).astype(logp.dtype)
   try:
     lam = jnp.broadcast_to(lam, logp.shape[:-1] + lam.shape[-1:])

@@ -1,7 +1,7 @@
 """Test configuration: float64 for theory tests, silent rank promotion is an error."""
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")  # one thread per xdist worker
 
 import jax  # noqa: E402
 

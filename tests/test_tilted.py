@@ -281,7 +281,7 @@ GOOD_R = np.array([0.0, 1.0, 2.0])
     (lambda: T.frontier(GOOD_P, GOOD_R, np.nan), "delta"),
     (lambda: T.kl_constrained(GOOD_P, GOOD_R[:2], 0.1), "reward"),
     (lambda: T.tilt(np.stack([GOOD_P] * 2), np.stack([GOOD_R] * 2), np.ones(3)), "beta"),
-    (lambda: T.stats(GOOD_P, GOOD_R, np.array([1.0, 2.0])), "beta"),
+    (lambda: T.stats(np.stack([GOOD_P] * 3), GOOD_R, np.ones(2)), "beta"),
     (lambda: T.max_kl(GOOD_P + 1.0, GOOD_R), "logp"),
 ])
 def test_bad_input_raises_named_error(call, arg):
@@ -293,3 +293,15 @@ def test_bad_input_under_jit_still_names_the_argument():
   f = jax.jit(lambda d: T.kl_constrained(GOOD_P, GOOD_R, d).mean_reward)
   with pytest.raises(Exception, match="argument 'delta' must be >= 0"):
     f(-1.0).block_until_ready()
+
+
+def test_parameters_broadcast_against_batch_axes():
+  # One reference, many budgets / temperatures: leading axes broadcast.
+  deltas = jnp.array([0.01, 0.1, 0.2])
+  out = T.kl_constrained(P4, R4, deltas)
+  assert out.log_policy.shape == (3, 4)
+  np.testing.assert_allclose(out.mean_reward, [T.frontier(P4, R4, d) for d in deltas], rtol=1e-13)
+  s = T.stats(P4, R4, jnp.array([[0.5], [2.0]]))
+  assert s.kl.shape == (2, 1)
+  q = jax.nn.log_softmax(jnp.ones((2, 4)))
+  assert T.objective(q, P4, R4, 1.0).shape == (2,)

@@ -1,0 +1,199 @@
+"""The experiments a sweep can run: pure functions from one grid point to its measurements.
+
+An experiment maps a mapping of scalar parameters to a dict of scalar outputs. Parameters are
+declared with :class:`Param`: *static* ones (sizes, choices, flags) are Python values fixed
+for a compiled kernel, *traced* ones (budgets, temperatures, seeds) are 0-d arrays, so the
+engine ``vmap``\\ s the function over the points of a chunk inside one ``jit``. Everything a
+sweep needs to know about an experiment (the schema of its parameters, its outputs) is in its
+declaration; the configuration check and the engine read nothing else.
+
+Adding an experiment for another module is one decorated function::
+
+    @experiment("bon.stats", params=dict(INSTANCE, n=Param(float, low=1.0)),
+                outputs=("kl", "mean_reward", "win_rate"))
+    def bon_stats(p, dtype):
+      logp, reward = instance(p, dtype)
+      s = bon.stats(logp, reward, p["n"])
+      return dict(kl=s.kl, mean_reward=s.mean_reward, win_rate=s.win_rate)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from klrl import bon, chains, problems, rlvr, tilted
+
+__all__ = ["Param", "Experiment", "EXPERIMENTS", "experiment", "INSTANCE", "instance"]
+
+REQUIRED = object()
+
+
+class Param(NamedTuple):
+  """Declaration of one parameter of an experiment.
+
+  Attributes:
+    type: ``int``, ``float``, ``str`` or ``bool`` (strings and flags are always static).
+    static: whether the value is a compile-time constant (shapes, choices) rather than traced.
+    default: value used when the configuration does not set it; ``REQUIRED`` if none.
+    low: smallest allowed value (inclusive), for numbers.
+    high: largest allowed value (inclusive), for numbers.
+    positive: whether the value must be ``> 0`` (numbers).
+    choices: allowed values (strings).
+    doc: one line for the documentation and error messages.
+  """
+  type: type
+  static: bool = False
+  default: Any = REQUIRED
+  low: float | None = None
+  high: float | None = None
+  positive: bool = False
+  choices: tuple | None = None
+  doc: str = ""
+
+  @property
+  def required(self) -> bool:
+    return self.default is REQUIRED
+
+
+class Experiment(NamedTuple):
+  """A registered experiment: ``fn(params, dtype) -> {output: 0-d array}``."""
+  name: str
+  fn: Callable[[Mapping[str, Any], Any], dict[str, Array]]
+  params: dict[str, Param]
+  outputs: tuple[str, ...]
+  doc: str
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def experiment(name: str, *, params: dict[str, Param], outputs: tuple[str, ...]):
+  """Registers ``fn(params, dtype) -> dict`` under ``name`` (``"<module>.<what>"``)."""
+  def register(fn):
+    clash = set(params) & set(outputs)
+    if clash:
+      raise ValueError(f"experiment {name}: names {sorted(clash)} are both parameters and outputs")
+    traced = [k for k, p in params.items() if p.type in (str, bool) and not p.static]
+    if traced:
+      raise ValueError(f"experiment {name}: string and boolean parameters {traced} must be static")
+    EXPERIMENTS[name] = Experiment(name, fn, dict(params), tuple(outputs), (fn.__doc__ or "").strip())
+    return fn
+  return register
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem instances shared by experiments on one reference/reward pair.
+
+INSTANCE = dict(
+    vocab=Param(int, static=True, low=2, doc="support size V"),
+    problem=Param(str, static=True, default="random", choices=("random", "zipf"),
+                  doc="'random': Gaussian logits and rewards (klrl.problems.random_problem); "
+                      "'zipf': Zipf reference with linear reward (klrl.problems.zipf_linear)"),
+    seed=Param(int, default=0, low=0, doc="PRNG seed of the random instance"),
+    temperature=Param(float, default=2.0, low=0.0, doc="scale of the random logits"),
+    ties=Param(int, static=True, default=0, low=0, doc="if > 0, rewards rounded to this many levels per unit"),
+    exponent=Param(float, default=1.1, low=0.0, doc="Zipf exponent"),
+)
+
+
+def instance(p: Mapping[str, Any], dtype) -> tuple[Float[Array, "v"], Float[Array, "v"]]:
+  """The reference/reward pair named by the :data:`INSTANCE` parameters of a grid point."""
+  if p["problem"] == "zipf":
+    return problems.zipf_linear(p["vocab"], p["exponent"], dtype)
+  logp, reward = problems.random_problem(jax.random.PRNGKey(p["seed"]), 1, p["vocab"],
+                                         temperature=p["temperature"], ties=p["ties"], dtype=dtype)
+  return logp[0], reward[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.tilted (SPEC section 1).
+
+@experiment(
+    "tilted.frontier",
+    params=dict(INSTANCE,
+                delta=Param(float, low=0.0, doc="KL budget Δ (a fraction of Δ_max if relative)"),
+                relative=Param(bool, static=True, default=False, doc="budget is delta * Δ_max")),
+    outputs=("budget", "frontier", "beta", "lam", "kl", "delta_max", "saturated", "iterations"))
+def tilted_frontier(p, dtype):
+  """The KL-constrained optimum at budget Δ: ``R(Δ)``, ``beta_Δ``, its KL, ``Δ_max``, Newton steps."""
+  logp, reward = instance(p, dtype)
+  delta_max = tilted.max_kl(logp, reward)
+  budget = p["delta"] * delta_max if p["relative"] else jnp.asarray(p["delta"], dtype)
+  sol = tilted.kl_constrained(logp, reward, budget)
+  return dict(budget=budget, frontier=sol.mean_reward, beta=sol.beta, lam=sol.lam, kl=sol.kl,
+              delta_max=delta_max, saturated=sol.saturated, iterations=sol.iterations)
+
+
+@experiment(
+    "tilted.stats",
+    params=dict(INSTANCE, beta=Param(float, positive=True, doc="KL coefficient beta > 0")),
+    outputs=("log_z", "kl", "mean_reward", "var_reward", "entropy"))
+def tilted_stats(p, dtype):
+  """Statistics of the tilted policy ``pi_beta``: ``log Z``, KL, mean and variance of r, entropy."""
+  logp, reward = instance(p, dtype)
+  s = tilted.stats(logp, reward, p["beta"])
+  return s._asdict()
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.bon (SPEC section 2).
+
+@experiment(
+    "bon.stats",
+    params=dict(INSTANCE, n=Param(float, low=1.0, doc="number of draws N >= 1 (real)")),
+    outputs=("kl", "mean_reward", "win_rate", "kl_bound", "frontier", "gap", "lam", "kl_to_tilted"))
+def bon_stats(p, dtype):
+  """Best-of-N against the KL-RL frontier at its own KL: KL, reward, win rate, bound, gap."""
+  logp, reward = instance(p, dtype)
+  f = bon.against_frontier(logp, reward, p["n"])
+  return dict(kl=f.kl, mean_reward=f.mean_reward, win_rate=f.win_rate, kl_bound=bon.kl_bound(p["n"]),
+              frontier=f.frontier, gap=f.gap, lam=f.lam, kl_to_tilted=f.kl_to_tilted)
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.chains (SPEC section 4).
+
+@experiment(
+    "chains.gap",
+    params=dict(states=Param(int, static=True, low=2, doc="number of states M"),
+                seed=Param(int, default=0, low=0, doc="PRNG seed of the random reversible chain"),
+                beta=Param(float, positive=True, doc="KL coefficient beta > 0"),
+                concentration=Param(float, default=1.0, low=0.0, doc="log-normal scale of the joint weights")),
+    outputs=("spectral_gap", "absolute_gap", "relaxation_time", "max_balance_residual"))
+def chains_gap(p, dtype):
+  """Spectral gaps of the tilted kernel of a random reversible chain with a potential reward."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(p["seed"]))
+  log_ref = chains.reference_from_joint(chains.random_joint(k1, p["states"], 0.0, p["concentration"]).astype(dtype))
+  reward = chains.random_reward(k2, p["states"]).reward.astype(dtype)
+  log_k = chains.kernel(log_ref, reward, p["beta"])
+  return dict(spectral_gap=chains.spectral_gap(log_k), absolute_gap=chains.absolute_spectral_gap(log_k),
+              relaxation_time=chains.relaxation_time(log_k),
+              max_balance_residual=chains.detailed_balance(log_k).max_residual)
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.rlvr (SPEC section 5).
+
+@experiment(
+    "rlvr.flow",
+    params=dict(responses=Param(int, static=True, low=2, doc="responses per prompt"),
+                num_correct=Param(int, static=True, low=1, doc="correct responses per prompt"),
+                seed=Param(int, default=0, low=0, doc="PRNG seed of the random prompt"),
+                accuracy=Param(float, low=0.0, high=1.0, doc="reference accuracy a_ref in (0, 1)"),
+                entropy_correct=Param(float, default=0.9, low=0.0, high=1.0, doc="entropy of p(.|correct), fraction of max"),
+                entropy_wrong=Param(float, default=0.9, low=0.0, high=1.0, doc="entropy of p(.|wrong), fraction of max"),
+                beta=Param(float, positive=True, doc="KL coefficient beta > 0"),
+                t=Param(float, low=0.0, doc="time along natural-gradient flow")),
+    outputs=("accuracy_t", "target", "gap", "kl_forward", "kl_reverse", "kl_reference", "entropy"))
+def rlvr_flow(p, dtype):
+  """Natural-gradient flow from the reference in closed form: accuracy, gap, Bernoulli KLs, entropy."""
+  prob = rlvr.random_problem(jax.random.PRNGKey(p["seed"]), 1, p["responses"], num_correct=p["num_correct"],
+                             accuracy=p["accuracy"], entropy_correct=p["entropy_correct"],
+                             entropy_wrong=p["entropy_wrong"], dtype=dtype)
+  f = rlvr.flow(prob.logp[0], prob.correct[0], p["beta"], p["t"])
+  return dict(accuracy_t=f.accuracy, target=f.target, gap=f.gap, kl_forward=f.kl_forward,
+              kl_reverse=f.kl_reverse, kl_reference=f.kl_reference, entropy=f.entropy)

@@ -1,0 +1,400 @@
+"""The sweep engine: rows against the library, sharding, multi-host, kill and resume, merge, plots."""
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from klrl import InputError, bon, cli, problems, tilted
+from klrl.sweep import EXPERIMENTS, Param, SweepError, config, engine, grid, merge
+from klrl.sweep.experiments import Experiment
+from klrl.sweep.progress import Progress
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+STATS = """
+experiment = "tilted.stats"
+[fixed]
+vocab = 48
+[grid]
+seed = { seeds = 3 }
+beta = { logrange = [0.05, 20.0, 7] }
+[run]
+chunk_size = 4
+"""
+
+FRONTIER = """
+experiment = "tilted.frontier"
+[fixed]
+vocab = 200
+relative = true
+ties = 2
+[grid]
+seed = { seeds = 3 }
+delta = { logrange = [1e-4, 2.0, 9] }
+[run]
+chunk_size = 5
+"""
+
+BON = """
+experiment = "bon.stats"
+[fixed]
+vocab = 64
+[grid]
+ties = [0, 2]
+seed = { seeds = 2 }
+n = { logrange = [1.0, 1e8, 5] }
+[run]
+chunk_size = 8
+"""
+
+# Slow enough chunks (many, each a few ms) that a kill lands mid-way.
+KILL = """
+experiment = "tilted.stats"
+[fixed]
+vocab = 32768
+[grid]
+seed = { seeds = 50 }
+beta = [0.5, 1.0, 2.0, 4.0]
+[run]
+chunk_size = 2
+"""
+
+
+def cfg_of(text, path):
+  path.write_text(text)
+  return config.load(path)
+
+
+def table(path):
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  return rows
+
+
+def klrl(*args):
+  return [sys.executable, "-m", "klrl.cli", *map(str, args)]
+
+
+def sweep_in_process(text, out, name="c.toml"):
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  cfg = cfg_of(text, out.parent / name)
+  return cfg, engine.sweep(cfg, out, quiet=True)
+
+
+def chunk_log(out):
+  return [json.loads(line) for p in sorted(Path(out).glob("log-p*.jsonl")) for line in p.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def stats_run(tmp_path_factory):
+  base = tmp_path_factory.mktemp("stats")
+  cfg, summary = sweep_in_process(STATS, base / "out")
+  return cfg, summary
+
+
+@pytest.fixture(scope="module")
+def frontier_run(tmp_path_factory):
+  base = tmp_path_factory.mktemp("frontier")
+  cfg, summary = sweep_in_process(FRONTIER, base / "out")
+  return cfg, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows.
+
+def test_stats_rows_equal_direct_library_calls(stats_run):
+  cfg, summary = stats_run
+  rows = table(summary.merged.results)
+  assert [int(r["point"]) for r in rows] == list(range(cfg.size)) == list(range(21))
+  direct = direct_stats(rows, jnp.float64)
+  for name in ("log_z", "kl", "mean_reward", "var_reward", "entropy"):
+    got = np.array([float(r[name]) for r in rows])
+    np.testing.assert_allclose(got, np.asarray(getattr(direct, name)), rtol=1e-13, atol=1e-15, err_msg=name)
+  # every parameter is in every row, defaults included
+  assert set(rows[0]) >= {"point", "seed", "beta", "vocab", "problem", "temperature", "ties", "exponent"}
+  assert {r["vocab"] for r in rows} == {"48"} and {r["problem"] for r in rows} == {"random"}
+
+
+def test_bon_rows_equal_direct_library_calls(tmp_path):
+  cfg, summary = sweep_in_process(BON, tmp_path / "out")
+  rows = table(summary.merged.results)
+  assert len(rows) == cfg.size == 20
+  for ties in (0, 2):
+    sel = [r for r in rows if int(r["ties"]) == ties]
+    pairs = [problems.random_problem(jax.random.PRNGKey(int(r["seed"])), 1, 64, ties=ties) for r in sel]
+    n = np.array([float(r["n"]) for r in sel])
+    f = bon.against_frontier(jnp.concatenate([p[0] for p in pairs]), jnp.concatenate([p[1] for p in pairs]), n)
+    # R has infinite slope at 0: at N = 1 a rounding error e ~ 1e-16 in KL_BoN (which depends on
+    # how the batch is fused) moves R(KL_BoN) and the gap by sqrt(2 Var(r) e) ~ 1e-8.
+    for name, atol in (("kl", 1e-14), ("mean_reward", 1e-14), ("win_rate", 1e-14),
+                       ("frontier", 1e-7), ("gap", 1e-7), ("kl_to_tilted", 1e-7)):
+      got = np.array([float(r[name]) for r in sel])
+      np.testing.assert_allclose(got, np.asarray(getattr(f, name)), rtol=1e-12, atol=atol, err_msg=name)
+    np.testing.assert_allclose([float(r["kl_bound"]) for r in sel], np.asarray(bon.kl_bound(jnp.asarray(n))), rtol=1e-14)
+    assert all(float(r["kl"]) <= float(r["kl_bound"]) + 1e-13 and float(r["gap"]) >= -1e-12 for r in sel)
+
+
+def test_frontier_rows_satisfy_the_closed_form(frontier_run):
+  cfg, summary = frontier_run
+  rows = table(summary.merged.results)
+  assert len(rows) == cfg.size == 27
+  for r in rows:
+    delta, dmax, budget, kl = (float(r[k]) for k in ("delta", "delta_max", "budget", "kl"))
+    assert budget == pytest.approx(delta * dmax, rel=1e-15)
+    saturated = r["saturated"] == "True"
+    assert saturated == (delta >= 1.0)
+    if saturated:
+      assert float(r["beta"]) == 0.0 and r["lam"] == "inf" and kl == pytest.approx(dmax, rel=1e-14)
+    else:
+      assert abs(kl - budget) <= 1e-10 * max(1.0, budget)
+      assert float(r["beta"]) * float(r["lam"]) == pytest.approx(1.0, rel=1e-14)
+  # the frontier increases with the budget, for each instance
+  for seed in "012":
+    f = [float(r["frontier"]) for r in rows if r["seed"] == seed]
+    assert np.all(np.diff(f) >= -1e-12)
+
+
+def test_manifest_records_config_versions_devices_and_chunks(stats_run):
+  cfg, summary = stats_run
+  m = json.loads(summary.merged.manifest.read_text())
+  assert m["digest"] == cfg.digest() and m["config"] == cfg.resolved()
+  assert {"python", "klrl", "jax", "jaxlib", "numpy"} <= set(m["versions"])
+  (run,) = m["processes"][0]["runs"]
+  assert run["status"] == "finished" and run["start"] <= run["end"] and run["devices"][0]["platform"] == "cpu"
+  assert [e["chunk"] for e in m["chunk_log"]] == list(range(summary.chunks)) == list(range(6))
+  assert sum(e["points"] for e in m["chunk_log"]) == 21 and m["unlogged"] == []
+  assert m["chunk_log"][0]["compile_seconds"] > 0 and all(e["compile_seconds"] == 0 for e in m["chunk_log"][1:])
+
+
+def direct_stats(rows, dtype):
+  """``tilted.stats`` on the rows' instances, computed in float64 from instances drawn in ``dtype``."""
+  pairs = [problems.random_problem(jax.random.PRNGKey(int(r["seed"])), 1, 48, dtype=dtype) for r in rows]
+  logp = jnp.concatenate([p[0] for p in pairs]).astype(jnp.float64)
+  reward = jnp.concatenate([p[1] for p in pairs]).astype(jnp.float64)
+  return tilted.stats(logp, reward, np.array([float(r["beta"]) for r in rows]))
+
+
+def test_float32_precision(tmp_path):
+  _, s32 = sweep_in_process(STATS + 'precision = "float32"\n', tmp_path / "out")
+  rows = table(s32.merged.results)
+  direct = direct_stats(rows, jnp.float32)
+  for k in ("kl", "mean_reward", "entropy", "log_z"):
+    got = np.array([float(r[k]) for r in rows])
+    np.testing.assert_allclose(got, np.asarray(getattr(direct, k)), rtol=1e-5, atol=1e-6, err_msg=k)
+  assert all(str(np.float32(r["kl"])) == r["kl"] for r in rows)   # shortest float32 decimals
+
+
+def test_resume_is_a_no_op_when_finished_and_a_changed_config_is_refused(stats_run, tmp_path, capsys):
+  cfg, summary = stats_run
+  out = tmp_path / "out"
+  shutil.copytree(summary.out, out)
+  before = (out / "results.csv").read_bytes()
+  again = engine.sweep(cfg, out, quiet=True)
+  assert (again.computed_chunks, again.skipped_chunks, again.merged.rows) == (0, 6, 21)
+  assert (out / "results.csv").read_bytes() == before
+  changed = tmp_path / "changed.toml"
+  changed.write_text(STATS.replace("seeds = 3", "seeds = 4"))
+  assert cli.main(["sweep", str(changed), "--out", str(out), "--quiet"]) == 2
+  err = capsys.readouterr().err
+  assert "different configuration" in err and "grid.seed: [0, 1, 2] -> [0, 1, 2, 3]" in err
+  assert (out / "results.csv").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Extension: a new experiment is one function; errors inside it surface with the argument named.
+
+@pytest.fixture
+def toy(monkeypatch):
+  def fn(p, dtype):
+    logp = jnp.log(jnp.array([0.25, 0.75], dtype))
+    reward = jnp.array([0.0, 1.0], dtype) * p["scale"]
+    return dict(log_z=tilted.log_partition(logp, reward, p["beta"]), doubled=2 * p["n"])
+
+  params = dict(beta=Param(float), scale=Param(float, default=1.0), n=Param(int, default=1))
+  monkeypatch.setitem(EXPERIMENTS, "toy.log_z", Experiment("toy.log_z", fn, params, ("log_z", "doubled"), ""))
+
+
+def test_a_registered_experiment_runs_and_a_bad_point_fails_clearly(toy, tmp_path):
+  cfg, s = sweep_in_process('experiment = "toy.log_z"\n[grid]\nbeta = [1.0, 2.0]\nn = [1, 2, 3]\n', tmp_path / "ok")
+  rows = table(s.merged.results)
+  assert [(r["beta"], r["n"], r["doubled"]) for r in rows][:3] == [("1.0", "1", "2"), ("1.0", "2", "4"), ("1.0", "3", "6")]
+  assert float(rows[0]["log_z"]) == pytest.approx(np.log(0.25 + 0.75 * np.e), rel=1e-15)
+  text = 'experiment = "toy.log_z"\n[grid]\nbeta = [1.0, 2.0, -1.0, 3.0]\n[run]\nchunk_size = 1\n'
+  with pytest.raises(engine.ChunkFailed, match=r"^chunk 2 \(grid points 2..2\) failed: klrl.tilted.log_partition: "
+                                                r"argument 'beta' must be > 0 \(got a value <= 0 or NaN\)$"):
+    sweep_in_process(text, tmp_path / "bad")
+  done = sorted(p.name for p in (tmp_path / "bad" / "chunks").glob("c*.csv"))
+  assert done == ["c000000.csv", "c000001.csv"]
+  (run,) = json.loads((tmp_path / "bad" / "manifest-p0.json").read_text())["runs"]
+  assert run["status"] == "failed" and "beta" in run["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Merge, progress, plots.
+
+def test_merge_refuses_missing_chunks_and_other_configurations(stats_run, frontier_run, tmp_path):
+  _, s = stats_run
+  copy = tmp_path / "copy"
+  shutil.copytree(s.out, copy)
+  (copy / "chunks" / "c000003.csv").unlink()
+  with pytest.raises(SweepError, match=r"1 of 6 chunks are missing \(first: \[3\]\)"):
+    merge([copy])
+  assert merge([copy, s.out], tmp_path / "m").rows == 21       # another host's shard completes it
+  with pytest.raises(SweepError, match="different configurations"):
+    merge([s.out, frontier_run[1].out])
+
+
+def test_progress_reports_throughput_and_eta():
+  buf = io.StringIO()
+  p = Progress(100, 4, stream=buf, every=0.0)
+  for _ in range(4):
+    time.sleep(0.01)
+    p.update(25)
+  lines = buf.getvalue().splitlines()
+  assert len(lines) == 4 and "4/4 chunks, 100/100 points (100%)" in lines[-1]
+  assert "points/s" in lines[1] and "ETA" in lines[1] and float(lines[1].split(" points/s")[0].split()[-1].replace(",", "")) > 0
+  quiet = io.StringIO()
+  q = Progress(10, 1, stream=quiet, quiet=True, every=0.0)
+  q.update(10)
+  assert quiet.getvalue() == ""
+
+
+def test_plot_writes_a_png(stats_run, tmp_path, capsys):
+  _, s = stats_run
+  png = tmp_path / "kl.png"
+  assert cli.main(["plot", str(s.out), "--x", "beta", "--y", "kl", "--group", "seed", "--logx", "--out", str(png)]) == 0
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+  assert cli.main(["plot", str(s.out), "--x", "beta", "--y", "kl", "--where", "seed=1"]) == 0
+  assert (s.out / "plots" / "kl_vs_beta.png").exists()
+  assert cli.main(["plot", str(s.out), "--x", "beta", "--y", "klx"]) == 2
+  assert "no column 'klx'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding over 8 simulated devices, two processes with jax.distributed, kill -9 and resume.
+
+def devices(n):
+  """XLA_FLAGS simulating ``n`` CPU devices (first: XLA stops reading flags at a malformed one)."""
+  return f"--xla_force_host_platform_device_count={n} " + ENV.get("XLA_FLAGS", "")
+
+
+def test_8_devices_give_the_same_rows_as_one(frontier_run, tmp_path):
+  cfg, ref = frontier_run
+  (tmp_path / "f.toml").write_text(FRONTIER)
+  env = dict(ENV, XLA_FLAGS=devices(8))
+  r = subprocess.run(klrl("sweep", tmp_path / "f.toml", "--out", tmp_path / "out", "--quiet"), env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert (tmp_path / "out" / "results.csv").read_text() == ref.merged.results.read_text()
+  (run,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["processes"][0]["runs"]
+  assert len(run["devices"]) == 8
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_cover_the_grid_once_and_merge(stats_run, tmp_path):
+  cfg, ref = stats_run
+  (tmp_path / "s.toml").write_text(STATS)
+  port = free_port()
+  procs = []
+  for i in range(2):
+    env = dict(ENV, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+               XLA_FLAGS=devices(2))
+    procs.append(subprocess.Popen(klrl("sweep", tmp_path / "s.toml", "--out", tmp_path / f"host{i}", "--quiet"),
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+  assert "klrl merge" in outs[0][0]           # process 0 cannot see host 1's shard: it says how to merge
+  ids = [{e["chunk"] for e in chunk_log(tmp_path / f"host{i}")} for i in range(2)]
+  assert ids[0] == {0, 2, 4} and ids[1] == {1, 3, 5}
+  for i in range(2):
+    m = json.loads((tmp_path / f"host{i}" / "manifest-p{}.json".format(i)).read_text())
+    assert (m["process"], m["num_processes"]) == (i, 2)
+    assert m["runs"][0]["global_devices"] == 4 and len(m["runs"][0]["devices"]) == 2
+  assert cli.main(["merge", str(tmp_path / "host0"), str(tmp_path / "host1"), "--out", str(tmp_path / "merged")]) == 0
+  assert (tmp_path / "merged" / "results.csv").read_text() == ref.merged.results.read_text()
+  m = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+  assert sorted(e["chunk"] for e in m["chunk_log"]) == list(range(6))
+  assert sorted(p["process"] for p in m["processes"]) == [0, 1]
+
+
+def test_kill_9_then_resume_loses_duplicates_and_recomputes_nothing(tmp_path, capsys):
+  cfg = cfg_of(KILL, tmp_path / "k.toml")
+  total = len(grid.plan(cfg, grid.expand(cfg)))
+  out = tmp_path / "out"
+  cmd = klrl("sweep", tmp_path / "k.toml", "--out", out, "--quiet")
+  proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while not list((out / "chunks").glob("c*.csv")):
+    assert proc.poll() is None, proc.communicate()
+    assert time.monotonic() < deadline
+    time.sleep(0.002)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  before = {int(p.name[1:7]): (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "chunks").glob("c*.csv")}
+  assert 0 < len(before) < total, "the kill did not land mid-way"
+  assert not (out / "results.csv").exists()
+
+  r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert f"({len(before)} already done)" in r.stdout
+  # finished chunks untouched, nothing computed twice, nothing lost
+  for c, (data, mtime) in before.items():
+    p = out / "chunks" / f"c{c:06d}.csv"
+    assert (p.read_bytes(), p.stat().st_mtime_ns) == (data, mtime)
+  log = chunk_log(out)
+  counts = Counter(e["chunk"] for e in log)
+  assert max(counts.values()) == 1
+  second = {e["chunk"] for e in log if e["run"] == 2}
+  assert second.isdisjoint(before) and second == set(range(total)) - set(before)
+  m = json.loads((out / "manifest.json").read_text())
+  assert set(m["unlogged"]) <= set(before) and len(m["unlogged"]) <= 1
+  assert sorted(p.name for p in (out / "chunks").iterdir()) == [f"c{c:06d}.csv" for c in range(total)]  # no temporaries
+  assert [r["status"] for r in m["processes"][0]["runs"]] == ["interrupted", "finished"]
+  # every grid point exactly once, in order, with its own parameters (values: see the oracle tests)
+  rows = table(out / "results.csv")
+  g = grid.expand(cfg)
+  assert [int(r["point"]) for r in rows] == list(range(cfg.size))
+  assert [(int(r["seed"]), float(r["beta"])) for r in rows] == list(zip(g.columns["seed"].tolist(), g.columns["beta"].tolist()))
+  assert all(r["kl"] and r["entropy"] for r in rows)
+
+  # a changed configuration is refused, and nothing is touched
+  snapshot = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  (tmp_path / "k.toml").write_text(KILL.replace("vocab = 32768", "vocab = 16384"))
+  assert cli.main(["sweep", str(tmp_path / "k.toml"), "--out", str(out), "--quiet"]) == 2
+  err = capsys.readouterr().err
+  assert "different configuration" in err and "fixed.vocab: 32768 -> 16384" in err and "Refusing to mix" in err
+  assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+
+
+def test_distributed_settings_precedence(monkeypatch):
+  for v in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(v, raising=False)
+  assert engine.distributed_settings(None) is None
+  assert engine.distributed_settings(None, True) == {}               # --distributed: the scheduler's values
+  table = dict(coordinator_address="a:1", num_processes=4)
+  assert engine.distributed_settings(table) == table
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "8")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  assert engine.distributed_settings(table) == dict(coordinator_address="a:1", num_processes=8, process_id=3)
+  assert engine.distributed_settings(table, process_id=5, coordinator_address=None)["process_id"] == 5
+  assert engine.distributed_settings(None) == dict(num_processes=8, process_id=3)
