@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import equinox as eqx
@@ -56,14 +57,14 @@ from jax import lax
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
-from klrl import _checks, bon, divergences, tilted
+from klrl import _checks, bon, data, divergences, tilted
 from klrl.divergences import expectation
 
 __all__ = [
     "Lattice", "SequenceLaw", "BonVsKL", "LargeDeviations", "Unigram",
     "cgf", "rate_function", "tilted_rate_function", "scgf", "scgf_renyi", "scaled_cumulants", "large_deviations",
     "lattice", "sequence_law", "bon_vs_kl", "bon_vs_kl_lattice", "bon_vs_kl_enumerated",
-    "english_unigram",
+    "english_unigram", "load_problem",
 ]
 
 
@@ -363,6 +364,9 @@ class LargeDeviations(NamedTuple):
     scgf_renyi: the same in Renyi cross-entropy form.
     lam: ``lam_delta`` (``inf`` when saturated).
     target: ``x_delta = R(delta)``.
+    rate_at_target: ``I_p(x_delta)``, which equals ``delta`` below ``delta_max`` (a check of
+      the two solves against each other).
+    tilted_rate_at_target: ``I_delta(x_delta)``, which is 0.
   """
   rate: Array
   tilted_rate: Array
@@ -371,6 +375,8 @@ class LargeDeviations(NamedTuple):
   scgf_renyi: Array
   lam: Array
   target: Array
+  rate_at_target: Array
+  tilted_rate_at_target: Array
 
 
 @_checks.public
@@ -378,8 +384,9 @@ def large_deviations(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
                      x: Float[Array, "..."], t: Float[Array, "..."]) -> LargeDeviations:
   """:func:`rate_function`, :func:`tilted_rate_function`, :func:`cgf`, :func:`scgf` and :func:`scgf_renyi` at once.
 
-  One KL-constrained solve and one rate solve (under ``p`` and ``phi_delta`` together) for all
-  of them: the same values as the separate functions, for a fraction of the compilation.
+  One KL-constrained solve and one rate solve (under ``p`` and ``phi_delta``, at ``x`` and at
+  ``x_delta``, together) for all of them: the same values as the separate functions, for a
+  fraction of the compilation.
 
   Args:
     logp: reference log-probabilities over the last axis.
@@ -392,11 +399,18 @@ def large_deviations(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
   logp, reward = _inputs(where, logp, reward)
   sol = _solution(where, logp, reward, delta)
   both = jnp.stack([logp, sol.log_policy])
-  rates = _rate(*_points(where, "x", both, jnp.broadcast_to(reward, both.shape), x)).value
+  lp, rw, xs = _points(where, "x", both, jnp.broadcast_to(reward, both.shape), x)
+  # Rows flattened so that the points x and the targets x_delta share one solve.
+  v = logp.shape[-1]
+  rates = _rate(jnp.concatenate([lp.reshape(-1, v), both.reshape(-1, v)]),
+                jnp.concatenate([rw.reshape(-1, v), jnp.broadcast_to(reward, both.shape).reshape(-1, v)]),
+                jnp.concatenate([xs.reshape(-1), jnp.broadcast_to(sol.mean_reward, both.shape[:-1]).reshape(-1)])).value
+  at_x, at_target = rates[:xs.size].reshape(xs.shape), rates[xs.size:].reshape(both.shape[:-1])
   gen = _cum(*_points(where, "t", both, jnp.broadcast_to(reward, both.shape), t)).log_z
-  return LargeDeviations(rate=rates[0], tilted_rate=rates[1], cgf=gen[0], scgf=gen[1],
+  return LargeDeviations(rate=at_x[0], tilted_rate=at_x[1], cgf=gen[0], scgf=gen[1],
                          scgf_renyi=_renyi_form(*_points(where, "t", logp, reward, t), sol),
-                         lam=sol.lam, target=sol.mean_reward)
+                         lam=sol.lam, target=sol.mean_reward, rate_at_target=at_target[0],
+                         tilted_rate_at_target=at_target[1])
 
 
 @_checks.public(static=("order",))
@@ -462,18 +476,20 @@ def _concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def _integer_rewards(where, reward, scale, rounding):
+def _integer_rewards(where, reward, scale, rounding, what="argument 'reward'"):
   """``reward * scale`` as integers (NumPy), or a clear error when they are not on the lattice."""
   if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
       or not math.isfinite(scale) or scale <= 0:
     raise _checks.InputError(f"{where}: argument 'scale' must be a finite Python number > 0, got {scale!r}")
   if not _concrete(reward):
     raise _checks.InputError(
-        f"{where}: argument 'reward' must be concrete (the lattice size depends on its values); build the "
-        f"lattice with klrl.memoryless.lattice outside jit/vmap and pass it to the lattice-level functions")
+        f"{where}: argument 'reward' must be concrete (the lattice size depends on its values): pass a NumPy "
+        f"array, or build the lattice with klrl.memoryless.lattice outside jit/vmap and pass it to the "
+        f"lattice-level functions")
   r = np.asarray(reward)
+  r = r if np.issubdtype(r.dtype, np.floating) else r.astype(np.float64)
   if not np.all(np.isfinite(r)):
-    raise _checks.InputError(f"{where}: argument 'reward' must be finite (got NaN or +-inf)")
+    raise _checks.InputError(f"{where}: {what} must be finite (got NaN or +-inf)")
   k = r.astype(np.float64) * float(scale)
   near = np.rint(k)
   tol = max(1e-6, 32 * float(np.finfo(r.dtype).eps)) * np.maximum(1.0, np.abs(k))
@@ -481,12 +497,12 @@ def _integer_rewards(where, reward, scale, rounding):
   if bad.any() and not rounding:
     i = np.unravel_index(np.argmax(bad), bad.shape)
     raise _checks.InputError(
-        f"{where}: argument 'reward' is not on a lattice: reward{[int(a) for a in i]} = {float(r[i])!r} gives "
+        f"{where}: {what} is not on a lattice: reward{[int(a) for a in i]} = {float(r[i])!r} gives "
         f"reward * scale = {float(k[i])!r}, which is not an integer (scale = {scale!r}). Pass the scale that makes every reward an "
         f"integer (e.g. scale=10 for multiples of 0.1), or rounding=True to round rewards to the nearest "
         f"multiple of 1/scale")
   if np.abs(near).max(initial=0.0) > 2.0 ** 52:
-    raise _checks.InputError(f"{where}: argument 'reward' times scale exceeds 2^52; use a smaller scale")
+    raise _checks.InputError(f"{where}: {what} times scale exceeds 2^52; use a smaller scale")
   return near.astype(np.int64)
 
 
@@ -532,12 +548,13 @@ def lattice(logp: Float[Array, "... v"], reward: Float[Array, "... v"], scale: f
     A :class:`Lattice` with ``log_mass`` of shape ``batch + (L,)``.
   """
   where = "klrl.memoryless.lattice"
+  values = logp, reward               # the inputs as given: NumPy constants stay concrete under jit
   logp = _checks.floating(where, "logp", logp, 1)
   reward = _checks.floating(where, "reward", reward, 1)
   _checks.same_support(where, "logp", logp, "reward", reward)
   shape = jnp.broadcast_shapes(logp.shape, reward.shape)
-  k = np.broadcast_to(_integer_rewards(where, reward, scale, rounding), shape)
-  mass = np.broadcast_to(np.asarray(logp) > -np.inf, shape) if _concrete(logp) else np.ones(shape, bool)
+  k = np.broadcast_to(_integer_rewards(where, values[1], scale, rounding), shape)
+  mass = np.broadcast_to(np.asarray(values[0]) > -np.inf, shape) if _concrete(values[0]) else np.ones(shape, bool)
   mass = mass | ~mass.any(axis=-1, keepdims=True)      # rows without mass fail the logp check later
   big = np.iinfo(np.int64).max
   k_min = np.where(mass, k, big).min(axis=-1)
@@ -857,9 +874,9 @@ def _plan_row(log_mass, n, delta, sol, x_up, x_hi, x_down, tilts: int):
   return lax.stop_gradient(chosen), first, last
 
 
-@_checks.public(static=("tilts",))
+@_checks.public(static=("tilts", "size"))
 @_named("bon_vs_kl_lattice")
-def _bon_plan(log_mass, offset, span, scale, delta, n, tilts) -> _Plan:
+def _bon_plan(log_mass, offset, span, scale, delta, n, tilts, size) -> _Plan:
   where = "klrl.memoryless.bon_vs_kl_lattice"
   log_mass, offset, span, scale = _check_lattice(where, log_mass, offset, span, scale)
   dtype = log_mass.dtype
@@ -867,6 +884,10 @@ def _bon_plan(log_mass, offset, span, scale, delta, n, tilts) -> _Plan:
   delta = _checks.nonnegative(where, "delta", _checks.floating(where, "delta", delta)).astype(dtype)
   n = _checks.floating(where, "n", n).astype(dtype)
   n = eqx.error_if(n, ~((n >= 1) & (n == jnp.round(n))).all(), f"{where}: argument 'n' must be an integer >= 1")
+  if size is not None:
+    n = eqx.error_if(n, (n * (length - 1) + 1 > size).any(),
+                     f"{where}: argument 'n' is too large for argument 'size' = {size} (n (L-1) + 1 <= size, "
+                     f"L = {length} lattice points)")
   try:
     batch = jnp.broadcast_shapes(log_mass.shape[:-1], delta.shape, n.shape)
   except ValueError:
@@ -900,7 +921,6 @@ class _Window(NamedTuple):
   level: Array        # lattice index of each level (the lump below at first - 1)
 
 
-@functools.partial(jax.jit, static_argnames=("width", "window"))
 def _bon_window(plan: _Plan, width: int, window: int) -> _Window:
   """The law of ``S_n`` on ``width`` points from ``plan.first`` (and the mass below, lumped)."""
 
@@ -932,7 +952,6 @@ def _bon_window(plan: _Plan, width: int, window: int) -> _Window:
   return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
 
 
-@jax.jit
 def _per_token(plan: _Plan, st, kl_t, singular) -> BonVsKL:
   n, sol = plan.n, plan.sol
   lam = sol.lam * plan.scale / plan.span
@@ -947,8 +966,10 @@ def _per_token(plan: _Plan, st, kl_t, singular) -> BonVsKL:
       predicted_gap=gap)
 
 
-def _bon_stats(plan: _Plan, win: _Window) -> BonVsKL:
-  """Best-of-N level law and statistics of SPEC sections 2-3 on the law of ``S_n``."""
+@functools.partial(jax.jit, static_argnames=("width", "window"))
+def _bon_stats(plan: _Plan, width: int, window: int) -> BonVsKL:
+  """Best-of-N level law and statistics of SPEC sections 2-3 on the law of ``S_n`` (one compilation)."""
+  win = _bon_window(plan, width, window)
   log_law = bon.level_law(win.log_pn, log_n=plan.n * plan.delta)
   st = bon.level_stats(win.log_pn, win.level, log_law)
   # KL to the tilted law is +inf where best-of-N has mass (even far below the smallest double,
@@ -983,22 +1004,30 @@ def bon_vs_kl_lattice(lat: Lattice, delta: Float[Array, "..."], n, *, size: int 
     lat: the per-token law (:func:`lattice`).
     delta: per-token KL budget ``>= 0``; broadcasts with the batch axes of ``lat`` and ``n``.
     n: sequence length(s), integers ``>= 1`` (an array: one compilation for all of them).
-    size: static length of the lattice buffer, ``>= max(n) (L-1) + 1``; by default the next
-      FFT size above it, computed from ``n`` (which must then be concrete).
+    size: static length of the lattice buffer, ``>= max(n) (L-1) + 1`` (checked, also under
+      ``jit``); by default the next FFT size above it, computed from ``n`` (which must then be
+      concrete).
     tilts: number of exponential tilts of the sequence law (static, ``>= 5``): three for the
       bulk, one at ``lam_delta`` and the rest spread over the range where best-of-N has mass.
+
+  Returns:
+    :class:`BonVsKL`, with the broadcast batch shape of ``lat``, ``delta`` and ``n``.
   """
   where = "klrl.memoryless.bon_vs_kl_lattice"
   fields = _unpack(where, lat)
   if size is not None:
     size = _count(where, "size", size, 1)
   window = _fft_window(where, lat.log_mass, n, size)
-  plan = _bon_plan(*fields, delta, n, _count(where, "tilts", tilts, 5))
+  length = int(np.shape(lat.log_mass)[-1])
+  if size is not None and _concrete(n) and np.max(np.asarray(n)) * (length - 1) + 1 > size:   # else checked in the jit
+    raise _checks.InputError(f"{where}: argument 'n' is too large for argument 'size' = {size} (n (L-1) + 1 <= size, "
+                             f"L = {length} lattice points)")
+  plan = _bon_plan(*fields, delta, n, _count(where, "tilts", tilts, 5), size)
   if _concrete(plan.first):
     width = _fft_size(int(np.max(np.asarray(plan.last) - np.asarray(plan.first))) + 1)
   else:
     width = size
-  return _bon_stats(plan, _bon_window(plan, width, window))
+  return _bon_stats(plan, width, window)
 
 
 def bon_vs_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."], n,
@@ -1088,12 +1117,14 @@ def bon_vs_kl_enumerated(logp: Float[Array, "... v"], reward: Float[Array, "... 
 # A real instance: English unigrams with VADER valence.
 
 class Unigram(NamedTuple):
-  """A unigram language model with a per-word reward (see :func:`english_unigram`).
+  """A memoryless (unigram) language model with a per-token reward.
+
+  From :func:`english_unigram` or :func:`load_problem`.
 
   Attributes:
-    logp: log-frequencies of the words, normalised over the vocabulary, ``(k,)``.
-    reward: the per-word reward, ``(k,)``.
-    words: the vocabulary, most frequent first.
+    logp: log-probabilities of the tokens, normalised over the last axis, ``(..., k)``.
+    reward: the per-token reward, same shape.
+    words: the vocabulary, most frequent first (:func:`english_unigram`); ``()`` when unknown.
   """
   logp: Array
   reward: Array
@@ -1141,3 +1172,41 @@ def english_unigram(k: int | None = None, *, dtype=None) -> Unigram:
   logp, valence, words = _english(None if k is None else k)
   dtype = dtype or jnp.result_type(float)
   return Unigram(jnp.asarray(logp, dtype), jnp.asarray(valence, dtype), words)
+
+
+def load_problem(path, *, reward_path=None, logp_key: str = "logp", reward_key: str = "reward",
+                 scale: float = 1.0, rounding: bool = False, probabilities: bool = False) -> Unigram:
+  """Reads per-token reference log-probabilities and rewards from users' files (:mod:`klrl.data`).
+
+  One row per prompt: ``logp[..., v]`` is the reference law of a token and ``reward[..., v]``
+  its reward, of the same shape. Files are ``.npz`` or ``.safetensors`` with both arrays, or
+  two ``.npy`` files (``path`` for ``logp``, ``reward_path`` for the rewards). Everything
+  :mod:`klrl.data` validates (missing arrays, dtypes, shapes, NaN, infinite rewards,
+  log-probabilities that do not normalise) is refused with an error naming the file, the
+  array and the row; here the rewards must in addition lie on the lattice ``(1/scale) Z``
+  that the exact sequence law needs (:func:`lattice`), or are rounded to it when ``rounding``.
+
+  Args:
+    path: file with the log-probabilities (and the rewards, unless ``reward_path`` is given).
+    reward_path: file with the rewards, if not ``path``.
+    logp_key: name of the log-probabilities (ignored for ``.npy``).
+    reward_key: name of the rewards (ignored for ``.npy``).
+    scale: rewards times ``scale`` must be integers (e.g. 10 for multiples of 0.1).
+    rounding: round the rewards to the nearest multiple of ``1/scale`` instead of refusing them.
+    probabilities: the file holds probabilities rather than log-probabilities.
+
+  Returns:
+    :class:`Unigram` ``(logp, reward, ())``, ready for :func:`lattice` with the same ``scale``.
+
+  Raises:
+    InputError: a bad file or array, or rewards off the lattice (the first one is named).
+  """
+  where = "klrl.memoryless.load_problem"
+  logp = data.log_probs(path, logp_key, probabilities=probabilities)
+  source = path if reward_path is None else reward_path
+  reward = data.reward(source, reward_key, shape=logp.shape)
+  name = f"the array in '{source}'" if Path(source).suffix == ".npy" else f"array '{reward_key}' of '{source}'"
+  k = _integer_rewards(where, reward, scale, rounding, name)
+  if rounding:
+    reward = jnp.asarray(k / float(scale), reward.dtype)
+  return Unigram(logp, reward, ())

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 from scipy.special import gammaln, logsumexp
 
-from klrl import InputError, memoryless as M, tilted as T
+from klrl import InputError, data, memoryless as M, tilted as T
 
 mp.mp.dps = 60
 
@@ -195,6 +195,9 @@ def test_tilted_rate_scgf_renyi_and_scaled_cumulants():
   np.testing.assert_allclose(ld.scgf, lam_t, rtol=1e-12, atol=1e-300)
   np.testing.assert_allclose(ld.scgf_renyi, lam_t, rtol=1e-12, atol=1e-14)
   np.testing.assert_allclose(ld.cgf[0], [float(mp_cgf(P3, R3, v)) for v in t], rtol=1e-13)
+  # I_p(x_delta) = delta (saturated: I_p(r_max) = delta_max) and I_delta(x_delta) = 0.
+  np.testing.assert_allclose(ld.rate_at_target[:, 0], [delta, dmax], rtol=1e-12)
+  assert np.all(np.abs(ld.tilted_rate_at_target) < 1e-15)
 
 
 def _instance(seed, vocab=6):
@@ -355,19 +358,23 @@ def mp_enumerated(p, r, delta, n):
 SMALL = [(1, 0.3), (3, 0.05), (5, 0.3), (8, 1.0), (4, 1.8), (6, 5.0), (2, 0.0)]
 
 
+DERIVATIVE = [(30, 0.3), (30, 0.3 + 1e-5), (30, 0.3 - 1e-5)]
+
+
 @functools.lru_cache(maxsize=1)
 def _small_cases():
-  """All small cases in one call (one compilation): the 3-letter alphabet, and a point mass."""
+  """All small cases in one call (one compilation), with their derivatives in delta: the 3-letter
+  alphabet (SMALL, then n = 60, then DERIVATIVE), and a point mass (last)."""
   lat = M.lattice(LP3, R3)
   point = lat._replace(log_mass=jnp.array([-jnp.inf, 0.0, -jnp.inf, -jnp.inf]))   # a constant reward
-  ns = np.array([n for n, _ in SMALL] + [60, 7])
-  deltas = np.array([d for _, d in SMALL] + [0.4, 0.5])
-  lats = jax.tree.map(lambda a, b: jnp.stack([a] * (len(SMALL) + 1) + [b]), lat, point)
-  return M.bon_vs_kl_lattice(lats, deltas, ns, size=256)
+  cases = SMALL + [(60, 0.4)] + DERIVATIVE + [(7, 0.5)]
+  ns, deltas = np.array([n for n, _ in cases]), np.array([d for _, d in cases])
+  lats = jax.tree.map(lambda a, b: jnp.stack([a] * (len(cases) - 1) + [b]), lat, point)
+  return jax.jvp(lambda d: M.bon_vs_kl_lattice(lats, d, ns, size=256), (deltas,), (np.ones_like(deltas),))
 
 
 def test_bon_vs_kl_against_enumeration_of_all_sequences():
-  out = _small_cases()
+  out = _small_cases()[0]
   for i, (n, delta) in enumerate(SMALL):
     ref = [float(x) for x in mp_enumerated(P3, R3, delta, n)]
     got = [float(out.mean_reward[i]), float(out.kl[i]), float(out.kl_to_tilted[i]), float(out.win_rate[i])]
@@ -395,7 +402,7 @@ def test_bon_vs_kl_against_mpmath_binomial_at_moderate_n():
   lam = mp_lam([1 - q, q], [0, 1], delta)
   a_lam = mp_cgf([1 - q, q], [0, 1], lam)
   ns, out = _large_cases()
-  for i, n in list(enumerate(ns))[-3:]:
+  for i, n in list(enumerate(ns))[8:11]:         # the Bernoulli rows
     n = int(n)
     with mp.workdps(int(n * delta / 2.3) + 40):       # F_k = 1 - O(e^{-n delta}) must be resolved
       masses = [mp.binomial(n, k) * mp.mpf(q) ** k * (1 - mp.mpf(q)) ** (n - k) for k in range(n + 1)]
@@ -418,7 +425,7 @@ def test_bon_vs_kl_three_letters_against_mpmath_convolution():
     law = new
   levels = [s for s, m in enumerate(law) if m > 0]
   ref = mp_bon(levels, [law[s] for s in levels], n, delta, lam, mp_cgf(P3, R3, lam))
-  out = _small_cases()
+  out = _small_cases()[0]
   for g, x in zip([out.mean_reward, out.kl, out.kl_to_tilted, out.win_rate], ref):
     assert float(g[len(SMALL)]) == pytest.approx(float(x), rel=1e-10)
 
@@ -427,16 +434,25 @@ DMAX3 = -math.log(0.2)
 
 
 @functools.lru_cache(maxsize=1)
+def _english():
+  u = M.english_unigram()
+  return u, M.lattice(u.logp, u.reward, 10)
+
+
+@functools.lru_cache(maxsize=1)
 def _large_cases():
   """One call (one compilation): the 3-letter alphabet at delta = 0.3 for n = 10 ... 1e5, at three
-  saturated budgets for n = 2000, and Bernoulli(0.3) tokens (padded to the same lattice size) at
-  delta = 0.2 for n = 50, 400, 1500."""
+  saturated budgets for n = 2000, Bernoulli(0.3) tokens at delta = 0.2 for n = 50, 400, 1500, and
+  the English/VADER instance at delta = 0.1 for n = 1, 30, 1000 (all on its 74 lattice points)."""
   q = 0.3
+  english = _english()[1]
+  pad = lambda m: jnp.pad(jnp.asarray(m, jnp.float64), (0, 74 - len(m)), constant_values=-jnp.inf)
   lat3 = M.lattice(LP3, R3)
-  coin = lat3._replace(log_mass=jnp.log(jnp.array([1 - q, q, 0.0, 0.0])))
-  ns = np.array([10, 100, 1000, 10_000, 100_000, 2000, 2000, 2000, 50, 400, 1500])
-  deltas = np.array([0.3] * 5 + [DMAX3, DMAX3 + 0.1, 3.0] + [0.2] * 3)
-  lats = jax.tree.map(lambda a, b: jnp.stack([a] * 8 + [b] * 3), lat3, coin)
+  lat3 = lat3._replace(log_mass=pad(lat3.log_mass))
+  coin = lat3._replace(log_mass=pad(np.log([1 - q, q])))
+  ns = np.array([10, 100, 1000, 10_000, 100_000, 2000, 2000, 2000, 50, 400, 1500, 1, 30, 1000])
+  deltas = np.array([0.3] * 5 + [DMAX3, DMAX3 + 0.1, 3.0] + [0.2] * 3 + [0.1] * 3)
+  lats = jax.tree.map(lambda a, b, c: jnp.stack([a] * 8 + [b] * 3 + [c] * 3), lat3, coin, english)
   return ns, M.bon_vs_kl_lattice(lats, deltas, ns)
 
 
@@ -469,11 +485,10 @@ def test_saturated_budget_gives_the_reward_limit_and_infinite_kl():
 
 
 def test_bon_vs_kl_derivative_in_delta():
-  lat = M.lattice(LP3, R3)
-  f = jax.jit(lambda d: M.bon_vs_kl_lattice(lat, d, 30, size=256))
-  out, tangent = jax.jvp(f, (jnp.array([0.3, 0.3 + 1e-5, 0.3 - 1e-5]),), (jnp.ones(3),))
+  out, tangent = _small_cases()
+  rows = slice(len(SMALL) + 1, len(SMALL) + 4)                 # n = 30 at delta = 0.3, 0.3 +- 1e-5
   for name in ["mean_reward", "kl", "kl_to_tilted", "win_rate"]:
-    value, slope = np.asarray(getattr(out, name)), np.asarray(getattr(tangent, name))
+    value, slope = np.asarray(getattr(out, name))[rows], np.asarray(getattr(tangent, name))[rows]
     assert slope[0] == pytest.approx((value[1] - value[2]) / 2e-5, rel=1e-6), name
 
 
@@ -489,12 +504,13 @@ def test_float32():
 
 
 def test_bad_input_is_refused_with_named_errors():
+  # (Shapes of earlier calls, so that the compiled functions are reused.)
   with pytest.raises(InputError, match="klrl.memoryless.rate_function: argument 'logp' is not a log-probability"):
-    M.rate_function(np.log([0.5, 0.6]), np.zeros(2), 0.0)
+    M.rate_function(np.log([0.5, 0.6, 0.2]), R3, XS)
   with pytest.raises(InputError, match="argument 'reward' must be finite"):
-    M.rate_function(np.log([0.5, 0.5]), np.array([0.0, np.nan]), 0.0)
+    M.rate_function(LP3, np.array([0.0, np.nan, 1.0]), XS)
   with pytest.raises(InputError, match="argument 'delta' must be >= 0"):
-    M.scgf(LP3, R3, -0.1, 0.5)
+    M.scgf(np.broadcast_to(LP3, (2, 1, 3)), R3, np.array([[0.3], [-0.1]]), np.zeros((2, 6)))
   with pytest.raises(InputError, match="argument 'n' must be an integer >= 1"):
     M.bon_vs_kl(LP3, R3, 0.1, 0)
   with pytest.raises(InputError, match="argument 'n' must be an integer >= 1"):
@@ -503,25 +519,61 @@ def test_bad_input_is_refused_with_named_errors():
     M.sequence_law(M.lattice(LP3, R3), 0)
   with pytest.raises(InputError, match="argument 'lat' must be a klrl.memoryless.Lattice"):
     M.sequence_law((LP3,), 3)
+  with pytest.raises(InputError, match=r"argument 'n' is too large for argument 'size' = 256"):
+    M.bon_vs_kl_lattice(M.lattice(LP3, R3), 0.1, 86, size=256)
+
+
+# ---------------------------------------------------------------------------------------------
+# Users' files.
+
+def test_load_problem_reads_users_files_and_refuses_bad_ones(tmp_path):
+  logp = np.log(np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
+  reward = np.array([[0.0, 1.0, 3.0], [-0.5, 0.25, 0.25]])
+  for suffix in (".npz", ".safetensors"):
+    path = data.save(tmp_path / f"ok{suffix}", {"logp": logp, "reward": reward})
+    u = M.load_problem(path, scale=4)
+    np.testing.assert_array_equal(u.logp, logp)
+    np.testing.assert_array_equal(u.reward, reward)
+  # Two .npy files; the rows feed the lattice and best-of-N like any other input.
+  lp_path, r_path = data.save(tmp_path / "logp.npy", {"a": logp}), data.save(tmp_path / "reward.npy", {"a": reward})
+  u = M.load_problem(lp_path, reward_path=r_path, scale=4)
+  lat = M.lattice(u.logp, u.reward, 4)
+  np.testing.assert_allclose(np.exp(lat.log_mass), [[0.5, 0.3, 0.0, 0.2], [0.1, 0.9, 0.0, 0.0]], rtol=1e-14)
+  np.testing.assert_array_equal(lat.span, [4.0, 3.0])
+  # Bad files: missing array, shape, not normalised, unreadable, non-lattice rewards.
+  with pytest.raises(InputError, match=r"klrl.data.reward: '.*bad1.npz' has no array 'reward' \(it has: logp\)"):
+    M.load_problem(data.save(tmp_path / "bad1.npz", {"logp": logp}))
+  with pytest.raises(InputError, match=r"has shape \(2, 2\), expected \(2, 3\)"):
+    M.load_problem(data.save(tmp_path / "bad2.npz", {"logp": logp, "reward": reward[:, :2]}))
+  with pytest.raises(InputError, match=r"is not normalised: row \(1,\)"):
+    M.load_problem(data.save(tmp_path / "bad3.npz", {"logp": logp + np.array([[0.0], [0.1]]), "reward": reward}))
+  (tmp_path / "bad4.safetensors").write_bytes(b"not a safetensors file")
+  with pytest.raises(InputError, match=r"could not read '.*bad4.safetensors' as .safetensors"):
+    M.load_problem(tmp_path / "bad4.safetensors")
+  with pytest.raises(InputError, match=r"klrl.memoryless.load_problem: array 'reward' of '.*ok.npz' is not on a "
+                                       r"lattice: reward\[1, 0\] = -0.5 gives reward \* scale = -1.5.*scale = 3"):
+    M.load_problem(tmp_path / "ok.npz", scale=3)
+  with pytest.raises(InputError, match=r"the array in '.*reward.npy' is not on a lattice"):
+    M.load_problem(lp_path, reward_path=r_path, scale=1)
+  np.testing.assert_allclose(M.load_problem(tmp_path / "ok.npz", scale=3, rounding=True).reward,
+                             [[0.0, 1.0, 3.0], [-2 / 3, 1 / 3, 1 / 3]], rtol=1e-15)
 
 
 # ---------------------------------------------------------------------------------------------
 # The real instance.
 
 def test_english_unigram_with_vader_valence():
-  u = M.english_unigram()
+  u, lat = _english()
   assert len(u.words) > 300_000 and u.words[0] == "the"
   assert abs(float(jax.scipy.special.logsumexp(u.logp))) < 1e-12 and np.all(np.isfinite(u.logp))
   assert float(jnp.min(u.reward)) == pytest.approx(-3.9) and float(jnp.max(u.reward)) == pytest.approx(3.4)
   assert float(jnp.exp(u.logp)[u.reward == 0].sum()) > 0.9                # the massive tie at 0
-  lat = M.lattice(u.logp, u.reward, 10)
   assert lat.log_mass.shape == (74,) and (float(lat.offset), float(lat.span)) == (-39.0, 1.0)
   # The lattice law is the reward law of the vocabulary.
   k = np.rint(np.asarray(u.reward) * 10).astype(int) + 39
   np.testing.assert_allclose(np.exp(lat.log_mass), np.bincount(k, np.exp(np.asarray(u.logp)), 74), rtol=1e-10)
   delta = 0.1
-  ns = np.array([1, 30, 1000])
-  out = M.bon_vs_kl_lattice(lat, delta, ns)
+  out = jax.tree.map(lambda a: np.asarray(a)[-3:], _large_cases()[1])    # n = 1, 30, 1000
   for x in out:
     assert np.all(np.isfinite(x))
   assert np.all(np.diff(np.asarray(out.mean_reward)) > 0) and np.all(np.asarray(out.mean_reward) < float(out.target_reward[0]))
