@@ -1,7 +1,9 @@
 """klrl.memoryless (SPEC §3) against brute-force enumeration, mpmath and theorem identities."""
+import csv
 import functools
 import itertools
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from hypothesis import given, strategies as st
 from scipy.special import gammaln, logsumexp
 
 from klrl import InputError, data, memoryless as M, tilted as T
+from klrl.sweep import config as sweep_config, engine as sweep_engine
 
 mp.mp.dps = 60
 
@@ -524,7 +527,7 @@ def test_bad_input_is_refused_with_named_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# Users' files.
+# Users' files, and the sweep experiment.
 
 def test_load_problem_reads_users_files_and_refuses_bad_ones(tmp_path):
   logp = np.log(np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
@@ -557,6 +560,23 @@ def test_load_problem_reads_users_files_and_refuses_bad_ones(tmp_path):
     M.load_problem(lp_path, reward_path=r_path, scale=1)
   np.testing.assert_allclose(M.load_problem(tmp_path / "ok.npz", scale=3, rounding=True).reward,
                              [[0.0, 1.0, 3.0], [-2 / 3, 1 / 3, 1 / 3]], rtol=1e-15)
+
+
+def test_sweep_experiment_rows_equal_direct_calls(tmp_path):
+  path = Path(__file__).resolve().parent.parent / "configs" / "sweeps" / "memoryless_bon_vs_kl.toml"
+  summary = sweep_engine.sweep(sweep_config.load(path), tmp_path / "out", quiet=True)
+  with open(summary.merged.results, newline="") as f:
+    rows = {(float(r["delta"]), int(r["n"])): r for r in csv.DictReader(f)}
+  assert len(rows) == 21 and {r["instance"] for r in rows.values()} == {"three"}
+  # Points that the direct calls of the other tests (compiled once) also compute.
+  ns, large = _large_cases()
+  direct = [((0.3, int(n)), jax.tree.map(lambda a: a[i], large)) for i, n in enumerate(ns[:3])]
+  direct.append(((0.3, 1), jax.tree.map(lambda a: a[0], _small_cases()[0])))
+  for key, out in direct:
+    for name, value in out._asdict().items():
+      assert float(rows[key][name]) == pytest.approx(float(value), rel=1e-11, abs=1e-14), (key, name)
+  # Past delta_max = log 5 the KL to the KL-RL solution is infinite, below it finite.
+  assert all((float(r["kl_to_tilted"]) == np.inf) == (d == 2.0) for (d, _), r in rows.items())
 
 
 # ---------------------------------------------------------------------------------------------
