@@ -68,14 +68,14 @@ def np_bon(law, levels, n, delta):
   ``log P_N(s) = N log F(s) + log(1 - (F^-(s) / F(s))^N)`` with ``N log x`` formed as
   ``-exp(log N + log(-log x))``, so that ``N = e^{n delta}`` never overflows.
   """
-  with np.errstate(divide="ignore", invalid="ignore"):
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
     law = law / law.sum()
     tail = np.clip(np.cumsum(law[::-1])[::-1] - law, 0.0, 1.0)  # P(S > s)
     below = np.clip(np.cumsum(law) - law, 0.0, 1.0)             # P(S < s)
     log_n = n * delta
     log_f = np.log1p(-tail)
     a = -np.exp(log_n + np.log(-log_f))
-    d = np.where(below > 0, -np.exp(log_n + np.log(log_f - np.log(below))), -np.inf)
+    d = np.where(below > 0, -np.exp(log_n + np.log(np.maximum(log_f - np.log(below), 0.0))), -np.inf)
     log_pn = np.where((law > 0) & (log_f > -np.inf), a + np.log(-np.expm1(d)), -np.inf)
     pn = np.exp(log_pn)
     kl = np.sum(np.where(pn > 0, pn * (log_pn - np.log(law)), 0.0))
