@@ -13,7 +13,9 @@ follows from the cumulant generating function ``A(t) = log E_p exp(t r)``:
   order by automatic differentiation (:func:`scaled_cumulants`);
 * the exact law of ``S_n`` when the rewards lie on a lattice (:func:`lattice`,
   :func:`sequence_law`), and best-of-N over whole sequences with ``N = e^{n delta}`` against
-  ``phi_delta^{(x) n}`` (:func:`bon_vs_kl`).
+  ``phi_delta^{(x) n}`` (:func:`bon_vs_kl`);
+* instances: English word frequencies with VADER valence (:func:`english_unigram`), and users'
+  arrays read through :mod:`klrl.data` (:func:`load_problem`).
 
 Numerics of the rate function. With ``u = sigma (r - x)`` (``sigma`` the sign of ``x - E_p r``)
 the rate is ``I_p(x) = -min_{s >= 0} log E_p exp(s u)``: one convex problem in ``s >= 0``,
@@ -548,13 +550,13 @@ def lattice(logp: Float[Array, "... v"], reward: Float[Array, "... v"], scale: f
     A :class:`Lattice` with ``log_mass`` of shape ``batch + (L,)``.
   """
   where = "klrl.memoryless.lattice"
-  values = logp, reward               # the inputs as given: NumPy constants stay concrete under jit
+  given_logp, given_reward = logp, reward   # as given: NumPy constants stay concrete under jit
   logp = _checks.floating(where, "logp", logp, 1)
   reward = _checks.floating(where, "reward", reward, 1)
   _checks.same_support(where, "logp", logp, "reward", reward)
   shape = jnp.broadcast_shapes(logp.shape, reward.shape)
-  k = np.broadcast_to(_integer_rewards(where, values[1], scale, rounding), shape)
-  mass = np.broadcast_to(np.asarray(values[0]) > -np.inf, shape) if _concrete(values[0]) else np.ones(shape, bool)
+  k = np.broadcast_to(_integer_rewards(where, given_reward, scale, rounding), shape)
+  mass = np.broadcast_to(np.asarray(given_logp) > -np.inf, shape) if _concrete(given_logp) else np.ones(shape, bool)
   mass = mass | ~mass.any(axis=-1, keepdims=True)      # rows without mass fail the logp check later
   big = np.iinfo(np.int64).max
   k_min = np.where(mass, k, big).min(axis=-1)
