@@ -9,7 +9,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted", "bon", "chains", "train", "sweep"]
+SUITES = ["tilted", "bon", "chains", "train", "sweep", "memoryless"]
 
 
 def main(argv=None):

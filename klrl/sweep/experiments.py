@@ -23,9 +23,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
-from klrl import bon, chains, problems, rlvr, tilted
+from klrl import bon, chains, memoryless, problems, rlvr, tilted
 
 __all__ = ["Param", "Experiment", "EXPERIMENTS", "experiment", "INSTANCE", "instance"]
 
@@ -152,6 +153,41 @@ def bon_stats(p, dtype):
   f = bon.against_frontier(logp, reward, p["n"])
   return dict(kl=f.kl, mean_reward=f.mean_reward, win_rate=f.win_rate, kl_bound=bon.kl_bound(p["n"]),
               frontier=f.frontier, gap=f.gap, lam=f.lam, kl_to_tilted=f.kl_to_tilted)
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.memoryless (SPEC section 3).
+
+THREE_LETTERS = ((0.5, 0.3, 0.2), (0.0, 1.0, 3.0))   # reference and rewards of the 'three' instance
+
+
+@experiment(
+    "memoryless.bon_vs_kl",
+    params=dict(instance=Param(str, static=True, default="bernoulli", choices=("bernoulli", "three", "random"),
+                               doc="per-token law: 'bernoulli' (reward 1 with probability p_good, else 0), 'three' "
+                                   "(p = (.5, .3, .2), r = (0, 1, 3)), 'random' (random logits over rewards 0..vocab-1)"),
+                vocab=Param(int, static=True, default=8, low=2, doc="support size of the random instance"),
+                seed=Param(int, default=0, low=0, doc="PRNG seed of the random instance"),
+                temperature=Param(float, default=2.0, low=0.0, doc="scale of the random logits"),
+                p_good=Param(float, default=0.3, low=0.0, high=1.0, doc="Bernoulli success probability"),
+                delta=Param(float, low=0.0, doc="per-token KL budget Δ (N = e^{nΔ} sequences)"),
+                n=Param(int, low=1, doc="sequence length n <= n_max"),
+                n_max=Param(int, static=True, default=1000, low=1, doc="largest sequence length (sizes the buffers)")),
+    outputs=("mean_reward", "kl", "kl_to_tilted", "win_rate", "target_reward", "lam", "predicted_gap"))
+def memoryless_bon_vs_kl(p, dtype):
+  """Best-of-e^{nΔ} over sequences of n i.i.d. tokens against the KL-RL solution, per token."""
+  # Rewards are NumPy constants: the lattice's size depends on their values, not on traced ones.
+  if p["instance"] == "bernoulli":
+    logp, reward = problems.bernoulli(p["p_good"], dtype)[0], np.array([0.0, 1.0], dtype)
+  elif p["instance"] == "three":
+    logp, reward = jnp.log(jnp.array(THREE_LETTERS[0], dtype)), np.array(THREE_LETTERS[1], dtype)
+  else:
+    logp = problems.random_problem(jax.random.PRNGKey(p["seed"]), 1, p["vocab"], temperature=p["temperature"],
+                                   dtype=dtype)[0][0]
+    reward = np.arange(p["vocab"], dtype=dtype)
+  lat = memoryless.lattice(logp, reward)
+  out = memoryless.bon_vs_kl_lattice(lat, p["delta"], p["n"], size=p["n_max"] * (lat.log_mass.shape[-1] - 1) + 1)
+  return out._asdict()
 
 
 # ---------------------------------------------------------------------------------------------

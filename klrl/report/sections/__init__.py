@@ -4,11 +4,12 @@ Adding a section: write ``klrl/report/sections/<key>.py`` with ``TITLE`` and
 ``run(cfg, ctx) -> Section``, register it here and give it a table ``[<key>]`` in
 ``configs/default.toml``.
 """
-from klrl.report.sections import bon, chains, rlvr, tilted
+from klrl.report.sections import bon, chains, memoryless, rlvr, tilted
 
 SECTIONS = {
     "tilted": tilted,
     "bon": bon,
     "chains": chains,
     "rlvr": rlvr,
+    "memoryless": memoryless,
 }
