@@ -82,13 +82,7 @@ def _named(name):
 
 
 def _inputs(where, logp, reward):
-  logp = _checks.floating(where, "logp", logp, 1)
-  reward = _checks.floating(where, "reward", reward, 1)
-  _checks.same_support(where, "logp", logp, "reward", reward)
-  shape = jnp.broadcast_shapes(logp.shape, reward.shape)
-  dtype = jnp.result_type(logp, reward)
-  logp, reward = _checks.log_probs(where, "logp", logp), _checks.finite(where, "reward", reward)
-  return jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)
+  return tuple(tilted._inputs(where, logp, reward))   # the checks of the tilted policies
 
 
 def _points(where, name, logp, reward, x):

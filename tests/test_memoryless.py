@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, strategies as st
 from scipy.special import gammaln, logsumexp
 
+from benchmarks.bench_memoryless import np_law_log as direct_law   # exact log-space convolution
 from klrl import InputError, data, memoryless as M, tilted as T
 from klrl.sweep import config as sweep_config, engine as sweep_engine
 
@@ -271,15 +272,6 @@ def test_non_lattice_rewards_are_refused_or_rounded():
     jax.jit(lambda r: M.lattice(logp, r).log_mass)(jnp.zeros(3))
 
 
-def direct_law(logq, n):
-  """Exact log-space n-fold convolution (NumPy), O(n^2 L^2)."""
-  out = np.zeros(1)
-  for _ in range(n):
-    m = np.full((len(out) + len(logq) - 1, len(logq)), -np.inf)
-    for j, lq in enumerate(logq):
-      m[j:j + len(out), j] = out + lq
-    out = logsumexp(m, axis=1)
-  return out
 
 
 def test_sequence_law_matches_enumeration_of_all_sequences():
