@@ -7,9 +7,9 @@ Adding a section: write ``klrl/report/sections/<key>.py`` with ``TITLE`` and
 from klrl.report.sections import bon, chains, memoryless, rlvr, tilted
 
 SECTIONS = {
-    "tilted": tilted,
-    "bon": bon,
-    "chains": chains,
-    "rlvr": rlvr,
-    "memoryless": memoryless,
+    "tilted": tilted,           # SPEC section 1
+    "bon": bon,                 # 2
+    "memoryless": memoryless,   # 3
+    "chains": chains,           # 4
+    "rlvr": rlvr,               # 5, 6
 }
