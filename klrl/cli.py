@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import sys
 import time
 import tomllib
@@ -32,6 +33,12 @@ def _run(args) -> int:
   if unknown:
     print(f"klrl run: unknown section(s) {unknown}; known: {list(SECTIONS)}", file=sys.stderr)
     return 2
+  missing = {k: [m for m in getattr(SECTIONS[k], "REQUIRES", ()) if importlib.util.find_spec(m) is None] for k in wanted}
+  skipped = {k: m for k, m in missing.items() if m}
+  for key, mods in skipped.items():
+    print(f"klrl run: skipping section '{key}': it needs the optional package(s) {', '.join(mods)} "
+          f"(pip install 'klrl[real]', or -e '.[real]' in a checkout)", file=sys.stderr)
+  wanted = [k for k in wanted if k not in skipped]
   stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
   out = Path(args.out) if args.out else Path(cfg.get("run", {}).get("out", "runs")) / stamp
   ctx = Context(out=out, scale=args.scale, quiet=args.quiet)
@@ -45,6 +52,8 @@ def _run(args) -> int:
   header = (f"# klrl theorem atlas\n\nklrl {__version__}, configuration `{path}`"
             f"{' at accelerator scale (--scale)' if args.scale else ''}, devices {jax.devices()}, "
             f"{time.perf_counter() - t0:.1f} s.")
+  if skipped:
+    header += "\n\nSkipped for want of optional packages: " + ", ".join(f"`{k}` ({', '.join(m)})" for k, m in skipped.items()) + "."
   report = write_report(out, sections, header, seconds=seconds)
   failed = [c.name for s in sections for c in s.checks if not c.passed]
   print(f"klrl run: wrote {report}, {report.with_suffix('.html')}, {out / 'results.csv'} and {out / 'figures'}/")

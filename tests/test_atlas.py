@@ -80,3 +80,27 @@ def test_report_shows_statements_margins_and_failures(tmp_path):
     rows = list(csv.DictReader(f))
   assert [r["passed"] for r in rows] == ["True", "False", "False"] and float(rows[2]["margin"]) == float("-inf")
   assert (tmp_path / "demo_t.csv").read_text().splitlines() == ["a,b", "1,2.5"]
+
+
+def test_section_with_missing_optional_package_is_skipped_with_a_message(tmp_path, monkeypatch, capsys):
+  class Needy:
+    TITLE, REQUIRES = "needs a package that is not installed", ("klrl_no_such_package",)
+
+    @staticmethod
+    def run(cfg, ctx):
+      raise AssertionError("a section whose packages are missing must not run")
+
+  class Plain:
+    TITLE = "a trivial section"
+
+    @staticmethod
+    def run(cfg, ctx):
+      return Section("plain", Plain.TITLE, checks=[Check("one", "1 = 1", 0.0, 1e-12, 1)])
+
+  monkeypatch.setitem(SECTIONS, "needy", Needy)
+  monkeypatch.setitem(SECTIONS, "plain", Plain)
+  assert cli.main(["run", "--sections", "needy,plain", "--out", str(tmp_path), "--quiet"]) == 0
+  err = capsys.readouterr().err
+  assert "skipping section 'needy'" in err and "klrl_no_such_package" in err and "klrl[real]" in err
+  md = (tmp_path / "report.md").read_text()
+  assert "Skipped for want of optional packages: `needy` (klrl_no_such_package)" in md and "a trivial section" in md

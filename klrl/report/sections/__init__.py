@@ -2,7 +2,8 @@
 
 Adding a section: write ``klrl/report/sections/<key>.py`` with ``TITLE`` and
 ``run(cfg, ctx) -> Section``, register it here and give it a table ``[<key>]`` in
-``configs/default.toml``.
+``configs/default.toml``. A section that needs optional packages lists their import names in
+``REQUIRES``; ``klrl run`` skips it, saying which to install, when one is missing.
 """
 from klrl.report.sections import bon, chains, memoryless, rlvr, tilted
 

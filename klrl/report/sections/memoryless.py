@@ -10,6 +10,7 @@ from klrl.report import Check, Context, Section
 from klrl.report.plotting import plt, save
 
 TITLE = "Memoryless sequences: large deviations and best-of-N ≍ KL-RL (SPEC §3)"
+REQUIRES = ("wordfreq", "vaderSentiment")   # the English/VADER instance (extra `real`)
 
 THREE = (np.log([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 3.0]))
 
