@@ -56,7 +56,7 @@ def _run(args) -> int:
     header += "\n\nSkipped for want of optional packages: " + ", ".join(f"`{k}` ({', '.join(m)})" for k, m in skipped.items()) + "."
   report = write_report(out, sections, header, seconds=seconds)
   failed = [c.name for s in sections for c in s.checks if not c.passed]
-  print(f"klrl run: wrote {report}, {report.with_suffix('.html')}, {out / 'results.csv'} and {out / 'figures'}/")
+  print(f"klrl run: wrote {report}, {report.with_suffix('.html')}, {report.parent / 'results.csv'} and {report.parent / 'figures'}/")
   if failed:
     print(f"klrl run: {len(failed)} check(s) FAILED: {failed}", file=sys.stderr)
     return 1
