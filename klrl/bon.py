@@ -12,8 +12,9 @@ gives ``p( . | S*)``.
 
 Numerics. ``F^N`` is never formed. With the upper tail ``T_k = P(r > s_k)`` (a reverse
 cumulative log-sum-exp), ``log F_k = log1p(-T_k)`` where ``T_k < 1/2`` and the forward
-cumulative sum otherwise; ``log(-log F_k)`` keeps its relative accuracy down to tails far
-below ``1e-300``. Then::
+cumulative sum otherwise; ``N log F_k`` is their product, or ``-N T_k`` for ``T_k < e^-40``
+(and ``exp(log N + log(-log F_k))`` when only ``log N`` is given), so it keeps its relative
+accuracy down to tails far below ``1e-300``. Then::
 
     log P_N(k) = N log F_k + log(1 - exp(-d_k)),     d_k = N log1p(P_k / F-_k),
 

@@ -12,3 +12,32 @@ from hypothesis import settings  # noqa: E402
 
 settings.register_profile("klrl", max_examples=40, deadline=None, derandomize=True)
 settings.load_profile("klrl")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from klrl import _rows  # noqa: E402
+
+
+@pytest.fixture
+def row_blocks(monkeypatch):
+  """``check(fn, *args, rows_per_block, width)``: ``fn`` on the CPU's row blocks equals ``fn`` whole.
+
+  Evaluates ``fn`` once on the whole batch, then again with blocks of ``rows_per_block`` rows of
+  ``width`` float64 entries (``klrl._rows``), checks that the trace really takes the blocked
+  branch, and compares every output leaf.
+  """
+  def check(fn, *args, rows_per_block, width, rtol=1e-13, atol=1e-15):
+    whole = jax.jit(fn)(*args)
+    assert "platform_index" not in str(jax.make_jaxpr(fn)(*args))
+    monkeypatch.setattr(_rows, "BLOCK_BYTES", rows_per_block * width * 8)
+    jax.clear_caches()
+    try:
+      assert "platform_index" in str(jax.make_jaxpr(fn)(*args))   # the CPU branch of klrl._rows
+      blocked = jax.jit(fn)(*args)
+    finally:
+      monkeypatch.undo()
+      jax.clear_caches()
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked), strict=True):
+      np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+  return check

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from jax.test_util import check_grads
 from scipy import stats as sps
 
-from klrl import InputError, _rows, bon as B, divergences as D, problems, tilted as T
+from klrl import InputError, bon as B, divergences as D, problems, tilted as T
 
 EPS = np.finfo(np.float64).eps
 
@@ -486,16 +486,8 @@ def test_bad_input_under_jit_still_names_the_argument():
     f(0.5).block_until_ready()
 
 
-def test_row_blocks_give_the_whole_batch_stats(monkeypatch):
+def test_row_blocks_give_the_whole_batch_stats(row_blocks):
   """On the CPU ``stats`` works in blocks of rows (``klrl._rows``); values and gradients agree."""
   logp, reward = problems.random_problem(jax.random.PRNGKey(5), 8, 32, ties=3, zero_mass=2)
-  n = jnp.linspace(1.0, 50.0, 8)
   fn = lambda lp, nn: (B.stats(lp, reward, nn), jax.grad(lambda a, b: jnp.sum(B.stats(a, reward, b).kl), (0, 1))(lp, nn))
-  whole = jax.jit(fn)(logp, n)
-  monkeypatch.setattr(_rows, "BLOCK_BYTES", 2 * 32 * 8)            # blocks of 2 rows
-  jax.clear_caches()
-  assert "scan" in str(jax.make_jaxpr(fn)(logp, n))
-  blocked = jax.jit(fn)(logp, n)
-  jax.clear_caches()
-  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked)):
-    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+  row_blocks(fn, logp, jnp.linspace(1.0, 50.0, 8), rows_per_block=2, width=32, rtol=1e-12)
