@@ -170,12 +170,6 @@ def _constants(logp, reward, top=True):
 
 def _constants_block(logp, reward, top):
   # Reductions are written without selects where possible: XLA:CPU vectorises those.
-  p = jnp.exp(logp)
-  total = jnp.sum(p, axis=-1)
-  pr = p * reward                      # zero-mass entries give 0 (rewards are checked finite)
-  mu = jnp.sum(pr, axis=-1)
-  var = jnp.maximum(jnp.sum(pr * reward, axis=-1) - mu * mu, 0.0)
-
   def masked(_):
     mass = logp > -jnp.inf
     return (jnp.max(jnp.where(mass, reward, -jnp.inf), axis=-1),
@@ -185,12 +179,24 @@ def _constants_block(logp, reward, top):
     return jnp.max(reward, axis=-1), jnp.min(reward, axis=-1)
 
   r_max, r_min = lax.cond(jnp.min(logp) > -jnp.inf, full, masked, None)
+  l_max = jnp.max(logp, axis=-1)
+  shift = jnp.where(jnp.isfinite(l_max), l_max, 0.0)   # NaN and +-inf reach the checks through p
+  p = jnp.exp(logp - shift[..., None])                 # probabilities relative to the largest
+  s = jnp.sum(p, axis=-1)
+  pr = p * reward                      # zero-mass entries give 0 (rewards are checked finite)
+  mu = jnp.sum(pr, axis=-1) / s
+  var = jnp.maximum(jnp.sum(pr * reward, axis=-1) / s - mu * mu, 0.0)
   log_ps = None
   if top:
-    is_top = (logp > -jnp.inf) & (reward == r_max[..., None])
-    log_ps = logsumexp(jnp.where(is_top, logp, -jnp.inf), axis=-1)
+    is_top = reward == r_max[..., None]
+    top_s = jnp.sum(jnp.where(is_top, p, 0.0), axis=-1)
+
+    def exact(_):   # the maximisers' mass underflows next to the largest probability
+      return logsumexp(jnp.where(is_top & (logp > -jnp.inf), logp, -jnp.inf), axis=-1)
+
+    log_ps = lax.cond(jnp.all(top_s > 0), lambda _: shift + jnp.log(top_s), exact, None)
   probe = jnp.sum(0.0 * reward, axis=-1)
-  return _Prep(mu, var, r_max, r_min, jnp.max(logp, axis=-1), log_ps), total, probe
+  return _Prep(mu, var, r_max, r_min, l_max, log_ps), jnp.exp(shift) * s, probe
 
 
 _INV_FACT = [1.0]
@@ -210,7 +216,7 @@ def _finite_logp(logp):
   return jnp.maximum(logp, jnp.finfo(logp.dtype).min)   # -inf -> most negative float: 0 * it = 0
 
 
-def _sums_small(logp, reward, lam, prep, gap):
+def _sums_small(logp, reward, lam, prep, gap, entropy):
   """Sums for ``lam (r_max - r_min) <= 1``: reward centred at its mean, ``expm1`` forms.
 
   With ``x = lam (r - E_p r)``: ``Z = 1 + sum p (e^x - 1 - x)`` (the linear term vanishes) and
@@ -226,50 +232,61 @@ def _sums_small(logp, reward, lam, prep, gap):
   s1 = jnp.sum(p * s * em1, axis=-1)
   t = p + p * em1
   s2 = jnp.sum(t * s * s, axis=-1)
-  s_lp = jnp.sum(t * _finite_logp(logp), axis=-1)
   z = 1.0 + s0
-  logz_c, mean_c = jnp.log1p(s0), s1 / z
-  return logz_c, mean_c, s2 / z, s_lp / z, (jnp.zeros_like(lam) if gap else None)
+  e_lp = jnp.sum(t * _finite_logp(logp), axis=-1) / z if entropy else None
+  return jnp.log1p(s0), s1 / z, s2 / z, e_lp, (jnp.zeros_like(lam) if gap else None)
 
 
-def _sums_large(logp, reward, lam, prep, gap):
+def _sums_large(logp, reward, lam, prep, gap, entropy):
   """Sums for larger ``lam``: reward centred at ``r_max``, weights scaled by ``max p``."""
   s = reward - prep.r_max[..., None]
   t = jnp.exp(logp - prep.l_max[..., None] + lam[..., None] * s)
   s0 = jnp.sum(t, axis=-1)
   s1 = jnp.sum(t * s, axis=-1)
   s2 = jnp.sum(t * s * s, axis=-1)
-  s_lp = jnp.sum(t * _finite_logp(logp), axis=-1)
-  mean_c = s1 / s0
+  e_lp = jnp.sum(t * _finite_logp(logp), axis=-1) / s0 if entropy else None
+  mean_c, logz_c = s1 / s0, prep.l_max + jnp.log(s0)
   rest = None
-  if gap:   # delta_max - K = log(1 + rest / p(S*)) - lam E_pi[s], both terms >= 0
-    s_rest = jnp.sum(jnp.where(s < 0, t, 0.0), axis=-1)
-    rest = jnp.log1p(s_rest / jnp.exp(prep.log_ps - prep.l_max)) - lam * mean_c
-  return prep.l_max + jnp.log(s0), mean_c, s2 / s0, s_lp / s0, rest
+  if gap:
+    # delta_max - K: by difference while that is at least a tenth of delta_max (a few ulps of
+    # error); closer to saturation as log(1 + rest / p(S*)) - lam E_pi[s], both terms >= 0.
+    direct = -prep.log_ps - (lam * mean_c - logz_c)
+
+    def from_rest(_):
+      s_rest = jnp.sum(jnp.where(s < 0, t, 0.0), axis=-1)
+      return jnp.log1p(s_rest / jnp.exp(prep.log_ps - prep.l_max)) - lam * mean_c
+
+    rest = lax.cond(jnp.all(direct >= -0.1 * prep.log_ps), lambda _: direct, from_rest, None)
+  return logz_c, mean_c, s2 / s0, e_lp, rest
 
 
-def _cumulants(logp, reward, lam, prep: _Prep, gap: bool = False) -> Cumulants:
-  """Cumulants at ``lam`` from one pass, choosing per row the accurate centring."""
-  return _rows.by_rows(lambda *a: _cumulants_block(*a, gap), logp.shape[:-1], logp.shape[-1],
+def _cumulants(logp, reward, lam, prep: _Prep, gap: bool = False, entropy: bool = True) -> Cumulants:
+  """Cumulants at ``lam`` from one pass, choosing per row the accurate centring.
+
+  ``gap`` adds ``delta_max - K`` (needs ``prep.log_ps``); ``entropy=False`` skips the cross
+  entropy (``None`` then).
+  """
+  return _rows.by_rows(lambda *a: _cumulants_block(*a, gap, entropy), logp.shape[:-1], logp.shape[-1],
                        logp.dtype.itemsize, logp, reward, lam, prep)
 
 
-def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool) -> Cumulants:
+def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool, entropy: bool = True) -> Cumulants:
   small = lam * (prep.r_max - prep.r_min) <= 1.0
   ones = jnp.ones_like(lam)
   safe_small = jnp.where(small, lam, 0.0)      # each branch sees only values it handles well
   safe_large = jnp.where(small, ones, lam)
+  pick = lambda x, y: None if x is None else jnp.where(small, x, y)
 
   def both(args):
-    a = _sums_small(logp, reward, safe_small, prep, gap)
-    b = _sums_large(logp, reward, safe_large, prep, gap)
-    return tuple(jnp.where(small, x, y) for x, y in zip(a[:4], b[:4])) + (b[4],)
+    a = _sums_small(logp, reward, safe_small, prep, gap, entropy)
+    b = _sums_large(logp, reward, safe_large, prep, gap, entropy)
+    return tuple(pick(x, y) for x, y in zip(a[:4], b[:4])) + (b[4],)
 
   def only_small(args):
-    return _sums_small(logp, reward, lam, prep, gap)
+    return _sums_small(logp, reward, lam, prep, gap, entropy)
 
   def only_large(args):
-    return _sums_large(logp, reward, lam, prep, gap)
+    return _sums_large(logp, reward, lam, prep, gap, entropy)
 
   branch = jnp.where(jnp.all(small), 0, jnp.where(jnp.any(small), 2, 1))
   logz_c, mean_c, e_s2, e_lp, rest = lax.switch(branch, [only_small, only_large, both], None)
@@ -280,12 +297,12 @@ def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool) -> Cumulants:
   if gap:
     kl_gap = jnp.maximum(jnp.where(small, -prep.log_ps - kl, rest), 0.0)
   return Cumulants(log_z=logz_c + lam * center, mean=mean_c + center, var=var, kl=kl,
-                   kl_gap=kl_gap, cross_entropy=-e_lp)
+                   kl_gap=kl_gap, cross_entropy=None if e_lp is None else -e_lp)
 
 
-def _log_policy(logp, reward, lam, cum: Cumulants):
-  # log p + lam r - A(lam), arranged so that large lam does not cancel.
-  return logp + lam[..., None] * (reward - cum.mean[..., None]) - (cum.log_z - lam * cum.mean)[..., None]
+def _log_policy(logp, reward, lam, mean, kl):
+  # log p + lam r - A(lam) = log p + lam (r - A'(lam)) + K(lam): large lam does not cancel.
+  return logp + lam[..., None] * (reward - mean[..., None]) + kl[..., None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,30 +400,33 @@ def max_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Float[
 
 
 def _solve(logp, reward, delta, prep: _Prep, active):
-  """Safeguarded Newton for ``K(lam) = delta`` on rows where ``active``; no derivatives."""
+  """Safeguarded Newton for ``K(lam) = delta`` on rows where ``active``; no derivatives.
+
+  Returns ``lam``, the number of iterations and ``(A'(lam), K(lam))`` from the last pass.
+  """
   dtype = logp.dtype
   tol = 1e-13 if jnp.finfo(dtype).bits > 32 else 2e-6
+  tiny = jnp.finfo(dtype).tiny
   dmax = -prep.log_ps
   spread = jnp.where(active, prep.r_max - prep.r_min, 1.0)
   d = jnp.where(active, delta, 0.5 * jnp.where(dmax > 0, dmax, 1.0))
-  target = jnp.log(d) - jnp.log(jnp.maximum(dmax - d, jnp.finfo(dtype).tiny))
+  target = jnp.log(d) - jnp.log(jnp.maximum(dmax - d, tiny))
   lo = jnp.sqrt(8 * d) / spread                        # K(lam) <= lam^2 spread^2 / 8
-  lam0 = jnp.maximum(jnp.sqrt(2 * d / jnp.maximum(prep.var, jnp.finfo(dtype).tiny)), lo)
+  lam0 = jnp.maximum(jnp.sqrt(2 * d / jnp.maximum(prep.var, tiny)), lo)
   hi = jnp.full_like(lo, jnp.inf)
-  tiny = jnp.finfo(dtype).tiny
 
-  def g_of(lam):
-    c = _cumulants(logp, reward, lam, prep, gap=True)
+  def evaluate(lam):
+    c = _cumulants_block(logp, reward, lam, prep, gap=True, entropy=False)
     g = jnp.log(jnp.maximum(c.kl, tiny)) - jnp.log(jnp.maximum(c.kl_gap, tiny)) - target
     dg = lam * c.var * (1 / jnp.maximum(c.kl, tiny) + 1 / jnp.maximum(c.kl_gap, tiny))
-    return g, dg
+    return g, dg, c.mean, c.kl
 
   def cond(state):
-    lam, lo, hi, g, dg, it = state
+    lam, lo, hi, (g, dg, _, _), it = state
     return (it < 60) & jnp.any(active & (jnp.abs(g) > tol) & (~jnp.isfinite(hi) | (hi - lo > 1e-15 * hi)))
 
   def body(state):
-    lam, lo, hi, g, dg, it = state
+    lam, lo, hi, (g, dg, _, _), it = state
     lo = jnp.where(g < 0, lam, lo)
     hi = jnp.where(g > 0, lam, hi)
     small = lam * spread <= 1.0
@@ -418,42 +438,53 @@ def _solve(logp, reward, delta, prep: _Prep, active):
     ok = jnp.isfinite(new) & (new > lo) & (new < hi)
     new = jnp.where(ok, new, bisect)
     new = jnp.where(active & (jnp.abs(g) > tol), new, lam)
-    g, dg = g_of(new)
-    return new, lo, hi, g, dg, it + 1
+    return new, lo, hi, evaluate(new), it + 1
 
-  g0, dg0 = g_of(lam0)
-  lam, *_, it = lax.while_loop(cond, body, (lam0, lo, hi, g0, dg0, jnp.array(0)))
-  return lam, it
+  lam, _, _, (_, _, mean, kl), it = lax.while_loop(cond, body, (lam0, lo, hi, evaluate(lam0), jnp.array(0)))
+  return lam, it, mean, kl
 
 
 @jax.custom_jvp
 def _root(logp, reward, delta, saturated, prep):
-  """``lam`` with ``K(lam) = delta``: 0 where ``delta = 0`` or the row is saturated."""
+  """``lam`` with ``K(lam) = delta`` (0 where ``delta = 0`` or the row is saturated), the Newton
+  iterations, and ``A'(lam)``, ``K(lam)`` from the solver's last pass."""
   active = (~saturated) & (delta > 0)
-  lam, it = _solve(logp, reward, delta, prep, active)
-  return jnp.where(active, lam, 0.0), it
+  lam, it, mean, kl = _solve(logp, reward, delta, prep, active)
+  return jnp.where(active, lam, 0.0), it, jnp.where(active, mean, prep.mu), jnp.where(active, kl, 0.0)
 
 
 def _root_jvp(primals, tangents):
   logp, reward, delta, saturated, prep = primals
-  dlogp, dreward, ddelta = tangents[:3]
-  lam, it = _root(logp, reward, delta, saturated, prep)
-  c = _cumulants(logp, reward, lam, prep)
+  dlogp, dreward, ddelta, _, dprep = tangents
+  lam, it, mean, kl = _root(*primals)
+  # Implicit function theorem: K(lam) = delta gives K'(lam) dlam = ddelta - dK|_lam.
+  cum_of = lambda lp, r, pr: _cumulants(lp, r, lam, pr, entropy=False)
+  c, dc = jax.jvp(cum_of, (logp, reward, prep), (dlogp, dreward, dprep))
   slope = lam * c.var                                   # K'(lam) = lam A''(lam)
   inv = jnp.where(slope > 0, 1 / jnp.where(slope > 0, slope, 1.0), 0.0)
-  dlam = jnp.zeros_like(lam)
-  if not (isinstance(dlogp, SymbolicZero) and isinstance(dreward, SymbolicZero)):
-    dlogp = jnp.zeros_like(logp) if isinstance(dlogp, SymbolicZero) else dlogp
-    dreward = jnp.zeros_like(reward) if isinstance(dreward, SymbolicZero) else dreward
-    kl_of = lambda lp, r: _cumulants(lp, r, lam, _constants(lp, r, top=False)[0]).kl
-    _, dk = jax.jvp(kl_of, (logp, reward), (dlogp, dreward))
-    dlam = dlam - inv * dk                              # implicit function theorem
-  if not isinstance(ddelta, SymbolicZero):
-    dlam = dlam + inv * ddelta                          # d lam / d delta = 1 / K'(lam)
-  return (lam, it), (dlam, jnp.zeros(it.shape, jax.dtypes.float0))
+  dlam = inv * (ddelta - dc.kl)
+  return (lam, it, mean, kl), (dlam, jnp.zeros(it.shape, jax.dtypes.float0), dc.mean + c.var * dlam,
+                               dc.kl + slope * dlam)
 
 
-_root.defjvp(_root_jvp, symbolic_zeros=True)
+_root.defjvp(_root_jvp)
+
+
+@jax.custom_jvp
+def _top_mean(logp, reward, r_max, log_ps):
+  """``E[r | S*] = r_max``, with the derivatives of ``sum_{S*} p r / p(S*)``: ``p( . | S*)`` in ``reward``."""
+  return r_max
+
+
+def _top_mean_jvp(primals, tangents):
+  logp, reward, r_max, log_ps = primals
+  dreward = tangents[1]
+  top = (logp > -jnp.inf) & (reward == r_max[..., None])
+  p_top = jnp.where(top, jnp.exp(logp - log_ps[..., None]), 0.0)
+  return r_max, jnp.sum(p_top * dreward, axis=-1)   # the log p terms vanish: r is constant on S*
+
+
+_top_mean.defjvp(_top_mean_jvp)
 
 
 @jax.custom_jvp
@@ -521,16 +552,14 @@ def _kl_constrained(where, logp, reward, delta) -> Constrained:
 def _constrained_rows(logp, reward, delta, prep: _Prep) -> Constrained:
   dmax = -prep.log_ps
   saturated = delta >= dmax
-  lam, it = _root(logp, reward, delta, saturated, prep)
-  lam = jnp.where(saturated, 1.0, lam)   # a safe value on saturated rows, masked below
-  c = _cumulants(logp, reward, lam, prep)
-  log_tilt = _log_policy(logp, reward, lam, c)
+  lam, it, mean, kl = _root(logp, reward, delta, saturated, prep)
+  log_tilt = _log_policy(logp, reward, lam, mean, kl)
   # KL of the returned policy as computed, with the derivative of the identity K(lam(delta)) = delta.
-  kl_tilt = delta + lax.stop_gradient(c.kl - delta)
+  kl_tilt = delta + lax.stop_gradient(kl - delta)
 
   top = (logp > -jnp.inf) & (reward == prep.r_max[..., None])
   log_sat = jnp.where(top, logp - prep.log_ps[..., None], -jnp.inf)
-  mean_sat = expectation(log_sat, reward)
+  mean_sat = _top_mean(logp, reward, prep.r_max, prep.log_ps)
 
   sat = saturated[..., None]
   safe_lam = jnp.where(lam > 0, lam, 1.0)
@@ -539,7 +568,7 @@ def _constrained_rows(logp, reward, delta, prep: _Prep) -> Constrained:
       beta=beta,
       log_policy=jnp.where(sat, log_sat, log_tilt),
       kl=jnp.where(saturated, dmax, kl_tilt),
-      mean_reward=jnp.where(saturated, mean_sat, c.mean + _infinite_slope(delta, (delta == 0) & ~saturated)),
+      mean_reward=jnp.where(saturated, mean_sat, mean + _infinite_slope(delta, (delta == 0) & ~saturated)),
       lam=jnp.where(saturated, jnp.inf, lam),
       saturated=saturated,
       iterations=it,
