@@ -216,7 +216,7 @@ def _finite_logp(logp):
   return jnp.maximum(logp, jnp.finfo(logp.dtype).min)   # -inf -> most negative float: 0 * it = 0
 
 
-def _sums_small(logp, reward, lam, prep, gap, entropy):
+def _sums_small(logp, reward, lam, prep, gap, entropy, third):
   """Sums for ``lam (r_max - r_min) <= 1``: reward centred at its mean, ``expm1`` forms.
 
   With ``x = lam (r - E_p r)``: ``Z = 1 + sum p (e^x - 1 - x)`` (the linear term vanishes) and
@@ -231,20 +231,24 @@ def _sums_small(logp, reward, lam, prep, gap, entropy):
   s0 = jnp.sum(p * e2, axis=-1)
   s1 = jnp.sum(p * s * em1, axis=-1)
   t = p + p * em1
-  s2 = jnp.sum(t * s * s, axis=-1)
+  ts2 = t * s * s
+  s2 = jnp.sum(ts2, axis=-1)
   z = 1.0 + s0
   e_lp = jnp.sum(t * _finite_logp(logp), axis=-1) / z if entropy else None
-  return jnp.log1p(s0), s1 / z, s2 / z, e_lp, (jnp.zeros_like(lam) if gap else None)
+  e_s3 = jnp.sum(ts2 * s, axis=-1) / z if third else None
+  return jnp.log1p(s0), s1 / z, s2 / z, e_lp, (jnp.zeros_like(lam) if gap else None), e_s3
 
 
-def _sums_large(logp, reward, lam, prep, gap, entropy):
+def _sums_large(logp, reward, lam, prep, gap, entropy, third):
   """Sums for larger ``lam``: reward centred at ``r_max``, weights scaled by ``max p``."""
   s = reward - prep.r_max[..., None]
   t = jnp.exp(logp - prep.l_max[..., None] + lam[..., None] * s)
   s0 = jnp.sum(t, axis=-1)
   s1 = jnp.sum(t * s, axis=-1)
-  s2 = jnp.sum(t * s * s, axis=-1)
+  ts2 = t * s * s
+  s2 = jnp.sum(ts2, axis=-1)
   e_lp = jnp.sum(t * _finite_logp(logp), axis=-1) / s0 if entropy else None
+  e_s3 = jnp.sum(ts2 * s, axis=-1) / s0 if third else None
   mean_c, logz_c = s1 / s0, prep.l_max + jnp.log(s0)
   rest = None
   if gap:
@@ -257,7 +261,7 @@ def _sums_large(logp, reward, lam, prep, gap, entropy):
       return jnp.log1p(s_rest / jnp.exp(prep.log_ps - prep.l_max)) - lam * mean_c
 
     rest = lax.cond(jnp.all(direct >= -0.1 * prep.log_ps), lambda _: direct, from_rest, None)
-  return logz_c, mean_c, s2 / s0, e_lp, rest
+  return logz_c, mean_c, s2 / s0, e_lp, rest, e_s3
 
 
 def _cumulants(logp, reward, lam, prep: _Prep, gap: bool = False, entropy: bool = True) -> Cumulants:
@@ -270,7 +274,8 @@ def _cumulants(logp, reward, lam, prep: _Prep, gap: bool = False, entropy: bool 
                        logp.dtype.itemsize, logp, reward, lam, prep)
 
 
-def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool, entropy: bool = True) -> Cumulants:
+def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool, entropy: bool = True, third: bool = False):
+  """:class:`Cumulants` at ``lam``; with ``third``, also the third cumulant ``A'''(lam)``."""
   small = lam * (prep.r_max - prep.r_min) <= 1.0
   ones = jnp.ones_like(lam)
   safe_small = jnp.where(small, lam, 0.0)      # each branch sees only values it handles well
@@ -278,26 +283,27 @@ def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool, entropy: bool = 
   pick = lambda x, y: None if x is None else jnp.where(small, x, y)
 
   def both(args):
-    a = _sums_small(logp, reward, safe_small, prep, gap, entropy)
-    b = _sums_large(logp, reward, safe_large, prep, gap, entropy)
-    return tuple(pick(x, y) for x, y in zip(a[:4], b[:4])) + (b[4],)
+    a = _sums_small(logp, reward, safe_small, prep, gap, entropy, third)
+    b = _sums_large(logp, reward, safe_large, prep, gap, entropy, third)
+    return tuple(pick(x, y) for x, y in zip(a[:4], b[:4])) + (b[4], pick(a[5], b[5]))
 
   def only_small(args):
-    return _sums_small(logp, reward, lam, prep, gap, entropy)
+    return _sums_small(logp, reward, lam, prep, gap, entropy, third)
 
   def only_large(args):
-    return _sums_large(logp, reward, lam, prep, gap, entropy)
+    return _sums_large(logp, reward, lam, prep, gap, entropy, third)
 
   branch = jnp.where(jnp.all(small), 0, jnp.where(jnp.any(small), 2, 1))
-  logz_c, mean_c, e_s2, e_lp, rest = lax.switch(branch, [only_small, only_large, both], None)
+  logz_c, mean_c, e_s2, e_lp, rest, e_s3 = lax.switch(branch, [only_small, only_large, both], None)
   center = jnp.where(small, prep.mu, prep.r_max)
   var = jnp.maximum(e_s2 - mean_c * mean_c, 0.0)
   kl = jnp.maximum(lam * mean_c - logz_c, 0.0)
   kl_gap = None
   if gap:
     kl_gap = jnp.maximum(jnp.where(small, -prep.log_ps - kl, rest), 0.0)
-  return Cumulants(log_z=logz_c + lam * center, mean=mean_c + center, var=var, kl=kl,
-                   kl_gap=kl_gap, cross_entropy=None if e_lp is None else -e_lp)
+  c = Cumulants(log_z=logz_c + lam * center, mean=mean_c + center, var=var, kl=kl,
+                kl_gap=kl_gap, cross_entropy=None if e_lp is None else -e_lp)
+  return (c, e_s3 - mean_c * (3 * var + mean_c * mean_c)) if third else c
 
 
 def _log_policy(logp, reward, lam, mean, kl):
@@ -399,10 +405,73 @@ def max_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Float[
   return -_prepare(where, logp, reward)[2].log_ps
 
 
+def _residual(kl, gap, var, lam, target, tiny):
+  """``G = log K - log(delta_max - K) - target`` and ``dG/dlam``."""
+  kl, gap = jnp.maximum(kl, tiny), jnp.maximum(gap, tiny)
+  return jnp.log(kl) - jnp.log(gap) - target, lam * var * (1 / kl + 1 / gap)
+
+
+def _newton(lam, lo, hi, g, dg, spread, moving, tiny, d2g=None):
+  """One safeguarded Newton step on ``G`` (Halley's when ``d2g = G''`` is given), and the
+  updated bracket ``lo < root < hi``."""
+  lo = jnp.where(g < 0, lam, lo)
+  hi = jnp.where(g > 0, lam, hi)
+  # Newton in log(lam) where G is ~linear in log(lam), in lam where it is ~linear in lam.
+  new = jnp.where(lam * spread <= 1.0, lam * jnp.exp(-g / jnp.maximum(lam * dg, tiny)), lam - g / dg)
+  if d2g is not None:
+    den = 2 * dg * dg - g * d2g
+    new = jnp.where(den > dg * dg, lam - 2 * g * dg / den, new)
+  bisect = jnp.where(jnp.isfinite(hi), jnp.sqrt(lo * hi), 4 * lam)
+  ok = jnp.isfinite(new) & (new > lo) & (new < hi)
+  return jnp.where(moving, jnp.where(ok, new, bisect), lam), lo, hi
+
+
+def _presolve32(logp, reward, lam, lo, hi, prep: _Prep, target, spread, active):
+  """Newton steps with the sums in float32, to about ``|G| < 1e-4``, for rows with
+  ``lam (r_max - r_min) > 1`` (where ``K`` has no cancellation): half the cost of a float64
+  pass. The float64 solve then needs a pass or two from a point this close."""
+  tiny = jnp.finfo(logp.dtype).tiny
+  s = reward - prep.r_max[..., None]
+  s32 = s.astype(jnp.float32)
+
+  def evaluate(lam):
+    t = jnp.exp((logp - prep.l_max[..., None] + lam[..., None] * s).astype(jnp.float32))
+    t1 = t * s32
+    s0, s1, s2, s3 = (jnp.sum(x, axis=-1).astype(lam.dtype) for x in (t, t1, t1 * s32, t1 * s32 * s32))
+    m = s1 / s0
+    var = jnp.maximum(s2 / s0 - m * m, 0.0)
+    k3 = s3 / s0 - 3 * m * var - m * m * m
+    kl = lam * m - prep.l_max - jnp.log(s0)
+    gap = -prep.log_ps - kl
+    g, dg = _residual(kl, gap, var, lam, target, tiny)
+    dk, d2k = lam * var, var + lam * k3               # K', K''
+    d2g = d2k * dg / jnp.maximum(dk, tiny) + dk * dk * (1 / gap ** 2 - 1 / kl ** 2)
+    return jnp.where(s0 > 0, g, jnp.nan), dg, d2g    # NaN: every weight underflowed in float32
+
+  def going(lam, g):
+    return active & (lam * spread > 1.0) & (jnp.abs(g) > 1e-4)
+
+  def cond(state):
+    lam, lo, hi, g, dg, d2g, it = state
+    return (it < 8) & jnp.any(going(lam, g))
+
+  def body(state):
+    lam, lo, hi, g, dg, d2g, it = state
+    lam, lo, hi = _newton(lam, lo, hi, g, dg, spread, going(lam, g), tiny, d2g)
+    return (lam, lo, hi) + evaluate(lam) + (it + 1,)
+
+  fresh = active & (lam * spread > 1.0)
+  lam32, *_, it = lax.while_loop(cond, body, (lam, lo, hi) + evaluate(lam) + (jnp.array(0),))
+  # A row whose float32 sums failed (NaN) or left it outside the large regime starts afresh.
+  keep = fresh & jnp.isfinite(lam32) & (lam32 * spread > 1.0)
+  return jnp.where(keep, lam32, lam), jnp.where(jnp.any(fresh), it + 1, 0)
+
+
 def _solve(logp, reward, delta, prep: _Prep, active):
   """Safeguarded Newton for ``K(lam) = delta`` on rows where ``active``; no derivatives.
 
-  Returns ``lam``, the number of iterations and ``(A'(lam), K(lam))`` from the last pass.
+  Returns ``lam``, the number of passes over the data (float64 and float32) and
+  ``(A'(lam), K(lam))`` from the last pass.
   """
   dtype = logp.dtype
   tol = 1e-13 if jnp.finfo(dtype).bits > 32 else 2e-6
@@ -414,34 +483,44 @@ def _solve(logp, reward, delta, prep: _Prep, active):
   lo = jnp.sqrt(8 * d) / spread                        # K(lam) <= lam^2 spread^2 / 8
   lam0 = jnp.maximum(jnp.sqrt(2 * d / jnp.maximum(prep.var, tiny)), lo)
   hi = jnp.full_like(lo, jnp.inf)
+  it32 = jnp.array(0)
+  if dtype == jnp.float64:
+    lam0, it32 = _presolve32(logp, reward, lam0, lo, hi, prep, target, spread, active)
 
   def evaluate(lam):
-    c = _cumulants_block(logp, reward, lam, prep, gap=True, entropy=False)
-    g = jnp.log(jnp.maximum(c.kl, tiny)) - jnp.log(jnp.maximum(c.kl_gap, tiny)) - target
-    dg = lam * c.var * (1 / jnp.maximum(c.kl, tiny) + 1 / jnp.maximum(c.kl_gap, tiny))
-    return g, dg, c.mean, c.kl
+    c, k3 = _cumulants_block(logp, reward, lam, prep, gap=True, entropy=False, third=True)
+    return _residual(c.kl, c.kl_gap, c.var, lam, target, tiny) + (c.mean, c.kl, c.var, k3)
+
+  def finish(lam, ev):
+    """The root of the quadratic Taylor model of ``K`` at ``lam``, and a bound on its error."""
+    g, dg, mean, kl, var, k3 = ev
+    dk, d2k = lam * var, var + lam * k3                 # K', K''
+    h = (d - kl) / dk
+    for _ in range(2):
+      h_last, h = h, (d - kl - 0.5 * d2k * h * h) / dk
+    # Remainder: |K'''| <= 2 |k3| + lam |k4| with |k4| <= var spread^2; and the model's own residual.
+    err = (2 * jnp.abs(k3) + jnp.maximum(lam, 1.0) * var * spread ** 2) * jnp.abs(h) ** 3 / 6
+    err = err + 0.5 * jnp.abs(d2k * (h_last * h_last - h * h))
+    ok = jnp.isfinite(h) & (err <= 0.1 * tol * jnp.minimum(d, dmax - d))
+    return h, ok, (mean + var * h + 0.5 * k3 * h * h, kl + dk * h + 0.5 * d2k * h * h)
+
+  def going(lam, ev):
+    return active & (jnp.abs(ev[0]) > tol) & ~finish(lam, ev)[1]
 
   def cond(state):
-    lam, lo, hi, (g, dg, _, _), it = state
-    return (it < 60) & jnp.any(active & (jnp.abs(g) > tol) & (~jnp.isfinite(hi) | (hi - lo > 1e-15 * hi)))
+    lam, lo, hi, ev, it = state
+    return (it < 60) & jnp.any(going(lam, ev) & (~jnp.isfinite(hi) | (hi - lo > 1e-15 * hi)))
 
   def body(state):
-    lam, lo, hi, (g, dg, _, _), it = state
-    lo = jnp.where(g < 0, lam, lo)
-    hi = jnp.where(g > 0, lam, hi)
-    small = lam * spread <= 1.0
-    # Newton in log(lam) where G is ~linear in log(lam), in lam where it is ~linear in lam.
-    step_log = lam * jnp.exp(-g / jnp.maximum(lam * dg, tiny))
-    step_lin = lam - g / dg
-    new = jnp.where(small, step_log, step_lin)
-    bisect = jnp.where(jnp.isfinite(hi), jnp.sqrt(lo * hi), 4 * lam)
-    ok = jnp.isfinite(new) & (new > lo) & (new < hi)
-    new = jnp.where(ok, new, bisect)
-    new = jnp.where(active & (jnp.abs(g) > tol), new, lam)
-    return new, lo, hi, evaluate(new), it + 1
+    lam, lo, hi, ev, it = state
+    lam, lo, hi = _newton(lam, lo, hi, ev[0], ev[1], spread, going(lam, ev), tiny)
+    return lam, lo, hi, evaluate(lam), it + 1
 
-  lam, _, _, (_, _, mean, kl), it = lax.while_loop(cond, body, (lam0, lo, hi, evaluate(lam0), jnp.array(0)))
-  return lam, it, mean, kl
+  lam, _, _, ev, it = lax.while_loop(cond, body, (lam0, lo, hi, evaluate(lam0), jnp.array(0)))
+  # The last step without a pass where the Taylor model is exact to the tolerance.
+  h, ok, (mean, kl) = finish(lam, ev)
+  step = active & (jnp.abs(ev[0]) > tol) & ok
+  return jnp.where(step, lam + h, lam), it + 1 + it32, jnp.where(step, mean, ev[2]), jnp.where(step, kl, ev[3])
 
 
 @jax.custom_jvp
