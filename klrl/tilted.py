@@ -427,9 +427,9 @@ def _newton(lam, lo, hi, g, dg, spread, moving, tiny, d2g=None):
 
 
 def _presolve32(logp, reward, lam, lo, hi, prep: _Prep, target, spread, active):
-  """Newton steps with the sums in float32, to about ``|G| < 1e-4``, for rows with
-  ``lam (r_max - r_min) > 1`` (where ``K`` has no cancellation): half the cost of a float64
-  pass. The float64 solve then needs a pass or two from a point this close."""
+  """Halley steps with the sums in float32 for rows with ``lam (r_max - r_min) > 1`` (where
+  ``K`` has no cancellation), at half the cost of a float64 pass, until ``|G|`` is at the
+  level of float32 rounding (about ``1e-6``). From there one float64 pass usually finishes."""
   tiny = jnp.finfo(logp.dtype).tiny
   s = reward - prep.r_max[..., None]
   s32 = s.astype(jnp.float32)
@@ -446,18 +446,20 @@ def _presolve32(logp, reward, lam, lo, hi, prep: _Prep, target, spread, active):
     g, dg = _residual(kl, gap, var, lam, target, tiny)
     dk, d2k = lam * var, var + lam * k3               # K', K''
     d2g = d2k * dg / jnp.maximum(dk, tiny) + dk * dk * (1 / gap ** 2 - 1 / kl ** 2)
-    return jnp.where(s0 > 0, g, jnp.nan), dg, d2g    # NaN: every weight underflowed in float32
+    # Rounding level of G: the sums are good to ~2e-7 relative, K is a difference of two terms.
+    floor = jnp.maximum(3e-6, 1e-6 * (jnp.abs(lam * m) + jnp.abs(kl - lam * m)) * (1 / kl + 1 / gap))
+    return jnp.where(s0 > 0, g, jnp.nan), dg, d2g, floor   # NaN: every weight underflowed
 
-  def going(lam, g):
-    return active & (lam * spread > 1.0) & (jnp.abs(g) > 1e-4)
+  def going(lam, g, floor):
+    return active & (lam * spread > 1.0) & (jnp.abs(g) > floor)
 
   def cond(state):
-    lam, lo, hi, g, dg, d2g, it = state
-    return (it < 8) & jnp.any(going(lam, g))
+    lam, lo, hi, g, dg, d2g, floor, it = state
+    return (it < 8) & jnp.any(going(lam, g, floor))
 
   def body(state):
-    lam, lo, hi, g, dg, d2g, it = state
-    lam, lo, hi = _newton(lam, lo, hi, g, dg, spread, going(lam, g), tiny, d2g)
+    lam, lo, hi, g, dg, d2g, floor, it = state
+    lam, lo, hi = _newton(lam, lo, hi, g, dg, spread, going(lam, g, floor), tiny, d2g)
     return (lam, lo, hi) + evaluate(lam) + (it + 1,)
 
   fresh = active & (lam * spread > 1.0)
