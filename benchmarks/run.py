@@ -18,10 +18,16 @@ def main(argv=None):
   parser.add_argument("--max-log2v", type=int, default=20, help="largest vocabulary is 2**N")
   parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke test)")
   parser.add_argument("--tag", default=None, help="name of the results file (default: the platform)")
+  parser.add_argument("--reuse-freed-memory", action="store_true",
+                      help="keep freed large buffers in glibc's heap (no page faults on large outputs)")
   args = parser.parse_args(argv)
   jax.config.update("jax_enable_x64", True)
+  reuse = args.reuse_freed_memory and harness.reuse_freed_memory()
+  if args.reuse_freed_memory and not reuse:
+    print("--reuse-freed-memory: not available on this system (glibc's mallopt); running without it")
   load0 = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
   info, bw = harness.machine(), harness.copy_bandwidth()
+  info["malloc"] = "freed buffers kept (mallopt)" if reuse else "system default"
   bandwidth = bw.get("device_copy_GBps", bw["host_copy_GBps"])
   print("machine:", info)
   print("copy bandwidth (GB/s, read + write):", {k: round(v, 1) for k, v in bw.items()})

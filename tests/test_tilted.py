@@ -108,6 +108,30 @@ def test_constraint_accuracy_float64(vocab):
   assert int(out.iterations) <= 12
 
 
+@pytest.mark.parametrize("temperature", [0.5, 4.0])
+def test_float32_phase_of_the_float64_solve(temperature, monkeypatch):
+  """From V = 4096 a float64 solve starts with float32 steps: neither the accuracy nor the root
+  may show it (against the same solve with float64 steps only)."""
+  logp, r = problems.random_problem(jax.random.PRNGKey(11), len(FRACS), 5000, temperature=temperature,
+                                    ties=8, zero_mass=5)
+  deltas = np.maximum(np.asarray(T.max_kl(logp, r)) * FRACS, 1e-8)
+  out = T.kl_constrained(logp, r, deltas)
+  err = np.abs(D.kl(out.log_policy, logp) - deltas) / np.maximum(1, deltas)
+  assert np.all(err <= 1e-10), err
+  np.testing.assert_allclose(out.mean_reward, np.sum(np.exp(out.log_policy) * r, -1), rtol=1e-12)
+  live = ~np.asarray(out.saturated)
+  slope = jax.grad(lambda d: jnp.sum(T.kl_constrained(logp, r, d).mean_reward))(jnp.asarray(deltas))
+  np.testing.assert_allclose(np.asarray(slope)[live], np.asarray(out.beta)[live], rtol=1e-8)   # dR/d delta = beta
+
+  prep = T._constants(logp, r)[0]
+  active = deltas < -np.asarray(prep.log_ps)
+  solve = lambda: jax.jit(lambda lp, rr, d: T._solve(lp, rr, d, prep, active))(logp, r, deltas)
+  lam_mixed = solve()[0]
+  monkeypatch.setattr(T, "_PRESOLVE_MIN_V", 10 ** 9)
+  # Next to saturation K is flat in lam (K' ~ 1e-9 K): lam itself is fixed only to ~1e-9 there.
+  np.testing.assert_allclose(lam_mixed[:-2], solve()[0][:-2], rtol=1e-12)
+
+
 def test_constraint_accuracy_float32_and_agreement_with_float64():
   logp, r = problems.random_problem(jax.random.PRNGKey(3), 1, 10 ** 6)
   logp, r = jnp.broadcast_to(logp, (len(FRACS), 10 ** 6)), jnp.broadcast_to(r, (len(FRACS), 10 ** 6))
