@@ -1,4 +1,4 @@
-"""Runs the benchmark suites: ``python -m benchmarks.run [--suite NAME ...] [--max-log2v N]``."""
+"""Runs the benchmark suites: ``python -m benchmarks.run [--suite NAME ...] [--min-log2v N] [--max-log2v N]``."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--suite", action="append", choices=SUITES, help="suite(s) to run (default: all)")
   parser.add_argument("--max-log2v", type=int, default=20, help="largest vocabulary is 2**N")
+  parser.add_argument("--min-log2v", type=int, default=10, help="smallest vocabulary is 2**N")
   parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke test)")
   parser.add_argument("--tag", default=None, help="name of the results file (default: the platform)")
   parser.add_argument("--reuse-freed-memory", action="store_true",
