@@ -54,7 +54,7 @@ def np_kl_constrained(logp, r, delta):
 def run(args):
   rows = []
   top = 12 if args.quick else args.max_log2v
-  for log2v in range(getattr(args, "min_log2v", 10), top + 1, 1 if args.quick else 2 if top > 20 else 1):
+  for log2v in range(args.min_log2v, top + 1, 1 if args.quick else 2 if top > 20 else 1):
     v = 2 ** log2v
     logp, r = problems.random_problem(jax.random.PRNGKey(log2v), B, v)
     beta = jnp.full((B,), 0.7)

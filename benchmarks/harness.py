@@ -75,7 +75,7 @@ def reuse_freed_memory(limit: int = 1 << 30) -> bool:
     return False
   libc = ctypes.CDLL(name)
   m_trim_threshold, m_mmap_threshold = -1, -3
-  return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, 2 * limit))
+  return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))   # C ints
 
 
 def machine() -> dict:

@@ -553,15 +553,23 @@ def _root_jvp(primals, tangents):
   lam, it, mean, kl = _root(*primals)
   # Implicit function theorem: K(lam) = delta gives K'(lam) dlam = ddelta - dK|_lam.
   cum_of = lambda lp, r, pr: _cumulants(lp, r, lam, pr, entropy=False)
-  c, dc = jax.jvp(cum_of, (logp, reward, prep), (dlogp, dreward, dprep))
+  zero = lambda t: isinstance(t, SymbolicZero)
+  data_tangents = (dlogp, dreward, dprep)
+  if all(zero(t) for t in jax.tree.leaves(data_tangents, is_leaf=zero)):   # only delta moves
+    c, dk, dmean = cum_of(logp, reward, prep), 0.0, 0.0
+  else:
+    dense = jax.tree.map(lambda t, x: jnp.zeros_like(x) if zero(t) else t, data_tangents,
+                         (logp, reward, prep), is_leaf=zero)
+    c, dc = jax.jvp(cum_of, (logp, reward, prep), dense)
+    dk, dmean = dc.kl, dc.mean
   slope = lam * c.var                                   # K'(lam) = lam A''(lam)
   inv = jnp.where(slope > 0, 1 / jnp.where(slope > 0, slope, 1.0), 0.0)
-  dlam = inv * (ddelta - dc.kl)
-  return (lam, it, mean, kl), (dlam, jnp.zeros(it.shape, jax.dtypes.float0), dc.mean + c.var * dlam,
-                               dc.kl + slope * dlam)
+  dlam = inv * ((0.0 if zero(ddelta) else ddelta) - dk)
+  return (lam, it, mean, kl), (dlam, jnp.zeros(it.shape, jax.dtypes.float0), dmean + c.var * dlam,
+                               dk + slope * dlam)
 
 
-_root.defjvp(_root_jvp)
+_root.defjvp(_root_jvp, symbolic_zeros=True)
 
 
 @jax.custom_jvp
