@@ -640,21 +640,24 @@ def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], d
 
 
 def _kl_constrained(where, logp, reward, delta) -> Constrained:
-  """Checked solution; each block of rows is solved while it is in cache (:mod:`klrl._rows`)."""
+  """Checked solution. Each block of rows is solved while it is in cache (:mod:`klrl._rows`);
+  the policy is then written in one pass from the checked per-row results, so the large output
+  is neither stacked block by block nor passed through the checks."""
   def rows(logp, reward, delta):
     prep, total, probe = _constants_block(logp, reward, True)
-    sol = _constrained_rows(logp, reward, delta, prep)
-    return sol._replace(iterations=jnp.broadcast_to(sol.iterations, delta.shape)), total, probe
+    saturated = delta >= -prep.log_ps
+    lam, it, mean, kl = _root(logp, reward, delta, saturated, prep)
+    return (lam, jnp.broadcast_to(it, delta.shape), mean, kl, prep), total, probe
 
-  sol, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, delta)
-  sol = sol._replace(iterations=jnp.max(sol.iterations, initial=0))
-  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", sol, total), probe)
+  row, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, delta)
+  lam, it, mean, kl, prep = _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", row, total), probe)
+  return _constrained(logp, reward, delta, prep, lam, jnp.max(it, initial=0), mean, kl)
 
 
-def _constrained_rows(logp, reward, delta, prep: _Prep) -> Constrained:
+def _constrained(logp, reward, delta, prep: _Prep, lam, it, mean, kl) -> Constrained:
+  """The solution from the root ``lam`` and ``A'(lam)``, ``K(lam)`` of each row."""
   dmax = -prep.log_ps
   saturated = delta >= dmax
-  lam, it, mean, kl = _root(logp, reward, delta, saturated, prep)
   log_tilt = _log_policy(logp, reward, lam, mean, kl)
   # KL of the returned policy as computed, with the derivative of the identity K(lam(delta)) = delta.
   kl_tilt = delta + lax.stop_gradient(kl - delta)

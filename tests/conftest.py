@@ -21,16 +21,16 @@ from klrl import _rows  # noqa: E402
 
 @pytest.fixture
 def row_blocks(monkeypatch):
-  """``check(fn, *args, rows_per_block, width)``: ``fn`` on the CPU's row blocks equals ``fn`` whole.
+  """``check(fn, *args, rows_per_block)``: ``fn`` on the CPU's row blocks equals ``fn`` whole.
 
-  Evaluates ``fn`` once on the whole batch, then again with blocks of ``rows_per_block`` rows of
-  ``width`` float64 entries (``klrl._rows``), checks that the trace really takes the blocked
-  branch, and compares every output leaf.
+  Evaluates ``fn`` once on the whole batch, then again with blocks of ``rows_per_block`` rows
+  (``klrl._rows``), checks that the trace really takes the blocked branch, and compares every
+  output leaf.
   """
-  def check(fn, *args, rows_per_block, width, rtol=1e-13, atol=1e-15):
+  def check(fn, *args, rows_per_block, rtol=1e-13, atol=1e-15):
     whole = jax.jit(fn)(*args)
     assert "platform_index" not in str(jax.make_jaxpr(fn)(*args))
-    monkeypatch.setattr(_rows, "BLOCK_BYTES", rows_per_block * width * 8)
+    monkeypatch.setattr(_rows, "rows_per_block", lambda row_bytes: rows_per_block)
     jax.clear_caches()
     try:
       assert "platform_index" in str(jax.make_jaxpr(fn)(*args))   # the CPU branch of klrl._rows

@@ -331,7 +331,8 @@ def test_parameters_broadcast_against_batch_axes():
   assert T.objective(q, P4, R4, 1.0).shape == (2,)
 
 
-def test_row_blocks_give_the_whole_batch_results(row_blocks):
+@pytest.mark.parametrize("rows_per_block", [1, 3])
+def test_row_blocks_give_the_whole_batch_results(row_blocks, rows_per_block):
   """On the CPU rows are reduced in blocks (``klrl._rows``); values and gradients do not change."""
   logp, reward = problems.random_problem(jax.random.PRNGKey(3), 12, 64, ties=2, zero_mass=3)
   logp, reward = logp.reshape(3, 4, 64), reward.reshape(3, 4, 64)
@@ -342,4 +343,4 @@ def test_row_blocks_give_the_whole_batch_results(row_blocks):
     g = jax.grad(lambda lp, d: jnp.sum(T.kl_constrained(lp, reward, d).mean_reward), (0, 1))(logp, delta)
     return s, c.log_policy, c.lam, c.kl, g
 
-  row_blocks(everything, logp, reward, 0.4 * T.max_kl(logp, reward), rows_per_block=3, width=64)
+  row_blocks(everything, logp, reward, 0.4 * T.max_kl(logp, reward), rows_per_block=rows_per_block)
