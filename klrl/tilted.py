@@ -147,15 +147,23 @@ class _Prep(NamedTuple):
   log_ps: Array    # log p(S*), or None when not asked for
 
 
-def _prepare(where, logp, reward, top=True):
-  """Per-row constants from one pass, with the input value checks folded into that pass.
+def _prepare(where, logp, reward) -> _Prep:
+  """Per-row constants from one pass, with the input value checks folded into that pass."""
+  prep, total, probe = _constants(logp, reward, True)
+  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", prep, total), probe)
 
-  Returns the checked ``(logp, reward)`` (tied to the checks) and the :class:`_Prep`.
-  ``top=False`` skips ``log p(S*)``, which needs a second pass.
+
+def _log_z(where, logp, reward, beta):
+  """Checked ``log Z_beta`` of each row, from one pass that also checks the inputs.
+
+  The checks hold per-row values only: a check on a whole ``B x V`` array makes XLA copy it.
   """
-  prep, total, probe = _constants(logp, reward, top)
-  tree = _checks.normalised(where, "logp", (logp, reward, prep), total)
-  return _checks.finite_probe(where, "reward", tree, probe)
+  def rows(logp, reward, beta):
+    return (logsumexp(logp + reward / beta[..., None], axis=-1), jnp.exp(logsumexp(logp, axis=-1)),
+            jnp.sum(0.0 * reward, axis=-1))
+
+  log_z, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, beta)
+  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", log_z, total), probe)
 
 
 def _one_pass(where, logp, reward, lam) -> Cumulants:
@@ -335,17 +343,16 @@ def tilt(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float
     ``log pi_beta``; zero-mass entries of ``p`` stay ``-inf``.
   """
   where = "klrl.tilted.tilt"
-  logp, reward, beta = _inputs(where, logp, reward, beta=(beta, _checks.positive))
-  lw = logp + reward / beta[..., None]
-  return lw - logsumexp(lw, axis=-1, keepdims=True)
+  logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
+  return logp + reward / beta[..., None] - _log_z(where, logp, reward, beta)[..., None]
 
 
 @_checks.public
 def log_partition(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float[Array, "..."]) -> Float[Array, "..."]:
   """``log Z_beta = log E_p exp(r / beta)``; ``beta log Z_beta`` is the optimal value of ``J_beta``."""
   where = "klrl.tilted.log_partition"
-  logp, reward, beta = _inputs(where, logp, reward, beta=(beta, _checks.positive))
-  return logsumexp(logp + reward / beta[..., None], axis=-1)
+  logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
+  return _log_z(where, logp, reward, beta)
 
 
 @_checks.public
@@ -408,7 +415,7 @@ def max_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Float[
   """
   where = "klrl.tilted.max_kl"
   logp, reward = _inputs(where, logp, reward, False)
-  return -_prepare(where, logp, reward)[2].log_ps
+  return -_prepare(where, logp, reward).log_ps
 
 
 def _residual(kl, gap, var, lam, target, tiny):

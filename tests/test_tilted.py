@@ -307,6 +307,11 @@ GOOD_R = np.array([0.0, 1.0, 2.0])
     (lambda: T.tilt(np.stack([GOOD_P] * 2), np.stack([GOOD_R] * 2), np.ones(3)), "beta"),
     (lambda: T.stats(np.stack([GOOD_P] * 3), GOOD_R, np.ones(2)), "beta"),
     (lambda: T.max_kl(GOOD_P + 1.0, GOOD_R), "logp"),
+    (lambda: T.max_kl(GOOD_P, np.array([0.0, -np.inf, 1.0])), "reward"),
+    (lambda: T.tilt(GOOD_P, np.array([0.0, np.nan, 1.0]), 1.0), "reward"),
+    (lambda: T.tilt(np.array([np.inf, 0.0, 0.0]), GOOD_R, 1.0), r"logp.*\+inf"),
+    (lambda: T.log_partition(GOOD_P - 0.1, GOOD_R, 1.0), "logp.*log_softmax"),
+    (lambda: T.log_partition(GOOD_P, np.array([np.inf, 0.0, 1.0]), 1.0), "reward"),
 ])
 def test_bad_input_raises_named_error(call, arg):
   with pytest.raises(InputError, match=arg):
