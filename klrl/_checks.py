@@ -131,6 +131,25 @@ def integer(where: str, name: str, x, low: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Run-time (value) checks: each returns its argument, tied to the check.
 
+def _tie(x, bad, msgs, index=0):
+  """Returns the pytree ``x`` tied to a run-time check that raises ``msgs[index]`` where ``bad``.
+
+  Floating arrays are tied through a zero added to them: an array passed through the check
+  itself (a conditional) is copied whole by XLA, which for a ``B x V`` input costs more than the
+  check. Other leaves (masks, indices) pass through the check.
+  """
+  msgs = (msgs,) if isinstance(msgs, str) else tuple(msgs)
+  leaves, tree = jax.tree.flatten(x)
+  floats = [jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves]
+  if any(floats):
+    zero = eqx.branched_error_if(jnp.zeros((), jnp.float32), bad, index, msgs)
+    leaves = [leaf + zero.astype(jnp.result_type(leaf)) if f else leaf for leaf, f in zip(leaves, floats)]
+  if not all(floats):
+    rest = eqx.branched_error_if([leaf for leaf, f in zip(leaves, floats) if not f], bad, index, msgs)
+    leaves = [leaf if f else rest.pop(0) for leaf, f in zip(leaves, floats)]
+  return jax.tree.unflatten(tree, leaves)
+
+
 def _tol(dtype) -> float:
   return 1e-4 if jnp.finfo(dtype).bits <= 32 else 1e-6
 
@@ -138,19 +157,14 @@ def _tol(dtype) -> float:
 def log_probs(where: str, name: str, logp: jax.Array, what: str | None = None, nan_hint: str = "") -> jax.Array:
   """Log-probabilities over the last axis: no NaN, no +inf, logsumexp within tolerance of 0.
 
-  ``what`` replaces the description in the message for the normalisation failure; it may use
-  ``{tol}``. ``nan_hint`` is appended to the NaN message.
+  One ``logsumexp`` per row finds all three (NaN and +inf propagate into it). ``what``
+  replaces the description in the message for the normalisation failure; it may use ``{tol}``.
+  ``nan_hint`` is appended to the NaN message.
   """
-  logp = eqx.error_if(logp, jnp.isnan(logp).any(), f"{where}: argument '{name}' contains NaN{nan_hint}")
-  logp = eqx.error_if(logp, (logp == jnp.inf).any(), f"{where}: argument '{name}' contains +inf (log-probabilities are <= 0)")
-  tol = _tol(logp.dtype)
-  what = what or ("is not a log-probability vector over the last axis "
-                  "(logsumexp must be 0 within {tol}; use jax.nn.log_softmax to normalise)")
-  bad = ~(jnp.abs(logsumexp(logp, axis=-1)) <= tol).all()
-  return eqx.error_if(logp, bad, f"{where}: argument '{name}' " + what.format(tol=f"{tol:g}"))
+  return normalised(where, name, logp, jnp.exp(logsumexp(logp, axis=-1)), what, nan_hint)
 
 
-def normalised(where: str, name: str, x, total: jax.Array):
+def normalised(where: str, name: str, x, total: jax.Array, what: str | None = None, nan_hint: str = ""):
   """Like :func:`log_probs`, from ``total = sum(exp(logp), -1)`` computed in an existing pass.
 
   ``x`` is any pytree to tie the check to (the log-probabilities and what was computed from
@@ -158,45 +172,47 @@ def normalised(where: str, name: str, x, total: jax.Array):
   """
   tol = _tol(total.dtype)
   bad = ~(jnp.abs(jnp.log(total)) <= tol)
-  index = jnp.where(jnp.isnan(total).any(), 0, jnp.where((total == jnp.inf).any(), 1, 2))
-  msgs = (f"{where}: argument '{name}' contains NaN",
+  # Under vmap equinox reports the largest index of the batch: the gravest failure comes last.
+  index = jnp.where(jnp.isnan(total).any(), 2, jnp.where((total == jnp.inf).any(), 1, 0))
+  what = what or ("is not a log-probability vector over the last axis "
+                  "(logsumexp must be 0 within {tol}; use jax.nn.log_softmax to normalise)")
+  msgs = (f"{where}: argument '{name}' " + what.format(tol=f"{tol:g}"),
           f"{where}: argument '{name}' contains +inf or huge values (log-probabilities are <= 0)",
-          f"{where}: argument '{name}' is not a log-probability vector over the last axis "
-          f"(logsumexp must be 0 within {tol:g}; use jax.nn.log_softmax to normalise)")
-  return eqx.branched_error_if(x, bad.any(), index, msgs)
+          f"{where}: argument '{name}' contains NaN{nan_hint}")
+  return _tie(x, bad.any(), msgs, index)
 
 
 def finite_probe(where: str, name: str, x, probe: jax.Array):
   """Raises unless ``probe`` is finite; ``probe = sum(0 * values)`` is NaN iff a value is not finite."""
-  return eqx.error_if(x, ~jnp.isfinite(probe).all(), f"{where}: argument '{name}' must be finite (got NaN or +-inf)")
+  return _tie(x, ~jnp.isfinite(probe).all(), f"{where}: argument '{name}' must be finite (got NaN or +-inf)")
 
 
 def finite(where: str, name: str, x: jax.Array) -> jax.Array:
-  return eqx.error_if(x, ~jnp.isfinite(x).all(), f"{where}: argument '{name}' must be finite (got NaN or +-inf)")
+  return _tie(x, ~jnp.isfinite(x).all(), f"{where}: argument '{name}' must be finite (got NaN or +-inf)")
 
 
 def positive(where: str, name: str, x: jax.Array) -> jax.Array:
-  return eqx.error_if(x, ~(x > 0).all(), f"{where}: argument '{name}' must be > 0 (got a value <= 0 or NaN)")
+  return _tie(x, ~(x > 0).all(), f"{where}: argument '{name}' must be > 0 (got a value <= 0 or NaN)")
 
 
 def nonnegative(where: str, name: str, x: jax.Array) -> jax.Array:
-  return eqx.error_if(x, ~(x >= 0).all(), f"{where}: argument '{name}' must be >= 0 (got a negative value or NaN)")
+  return _tie(x, ~(x >= 0).all(), f"{where}: argument '{name}' must be >= 0 (got a negative value or NaN)")
 
 
 def at_least(where: str, name: str, x: jax.Array, low: float) -> jax.Array:
-  return eqx.error_if(x, ~(x >= low).all(), f"{where}: argument '{name}' must be >= {low:g} (got a smaller value or NaN)")
+  return _tie(x, ~(x >= low).all(), f"{where}: argument '{name}' must be >= {low:g} (got a smaller value or NaN)")
 
 
 def in_unit_interval(where: str, name: str, x: jax.Array) -> jax.Array:
-  return eqx.error_if(x, ~((x >= 0) & (x <= 1)).all(), f"{where}: argument '{name}' must lie in [0, 1]")
+  return _tie(x, ~((x >= 0) & (x <= 1)).all(), f"{where}: argument '{name}' must lie in [0, 1]")
 
 
 def increasing(where: str, name: str, x: jax.Array, mask: jax.Array) -> jax.Array:
   """Values strictly increasing along the last axis over the entries where ``mask`` holds."""
   prev = jax.lax.cummax(jnp.where(mask, x, -jnp.inf), axis=x.ndim - 1)
   prev = jnp.concatenate([jnp.full_like(prev[..., :1], -jnp.inf), prev[..., :-1]], axis=-1)
-  return eqx.error_if(x, (mask & ~(x > prev)).any(),
-                      f"{where}: argument '{name}' must be strictly increasing along the last axis (over the entries of positive mass)")
+  return _tie(x, (mask & ~(x > prev)).any(),
+              f"{where}: argument '{name}' must be strictly increasing along the last axis (over the entries of positive mass)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,9 +249,9 @@ def integers(where: str, name: str, x, size: int) -> jax.Array:
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.integer):
     _fail(where, name, f"must be an integer index array, got dtype {x.dtype}")
-  return eqx.error_if(x, ~((x >= 0) & (x < size)).all(), f"{where}: argument '{name}' has indices outside [0, {size})")
+  return _tie(x, ~((x >= 0) & (x < size)).all(), f"{where}: argument '{name}' has indices outside [0, {size})")
 
 
 def holds(where: str, name: str, x: jax.Array, ok: jax.Array, what: str) -> jax.Array:
   """Returns ``x`` (an array or a pytree) tied to the run-time condition ``ok`` (every entry true)."""
-  return eqx.error_if(x, ~jnp.all(ok), f"{where}: argument '{name}' {what}")
+  return _tie(x, ~jnp.all(ok), f"{where}: argument '{name}' {what}")

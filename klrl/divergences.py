@@ -7,7 +7,6 @@ follow the conventions ``0 log 0 = 0`` and ``p log(p/0) = +inf`` for ``p > 0``.
 """
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp, xlogy
@@ -126,8 +125,8 @@ def bernoulli_kl_logits(x: Float[Array, "..."], y: Float[Array, "..."]) -> Float
     ``kl(sigmoid(x) || sigmoid(y)) >= 0``.
   """
   where = "klrl.divergences.bernoulli_kl_logits"
-  x = eqx.error_if(_checks.floating(where, "x", x), jnp.isnan(x).any(), f"{where}: argument 'x' contains NaN")
-  y = eqx.error_if(_checks.floating(where, "y", y), jnp.isnan(y).any(), f"{where}: argument 'y' contains NaN")
+  x, y = _checks.floating(where, "x", x), _checks.floating(where, "y", y)
+  x, y = _checks.holds(where, "x", x, ~jnp.isnan(x), "contains NaN"), _checks.holds(where, "y", y, ~jnp.isnan(y), "contains NaN")
   dtype = jnp.result_type(x, y)
   return _bernoulli_kl_logits(x.astype(dtype), y.astype(dtype))
 

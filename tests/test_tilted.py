@@ -318,6 +318,15 @@ def test_bad_input_raises_named_error(call, arg):
     call()
 
 
+@pytest.mark.parametrize("value, what", [(np.nan, "contains NaN"), (np.inf, r"contains \+inf"),
+                                         (0.1, "is not a log-probability vector")])
+def test_a_bad_row_under_vmap_gets_its_own_message(value, what):
+  bad = np.stack([GOOD_P, GOOD_P, GOOD_P + 0.5])   # the last row is not normalised either
+  bad[1, 0] = value
+  with pytest.raises(InputError, match=f"argument 'logp' {what}"):
+    jax.vmap(lambda p: T.tilt(p, GOOD_R, 1.0))(bad)
+
+
 def test_bad_input_under_jit_still_names_the_argument():
   f = jax.jit(lambda d: T.kl_constrained(GOOD_P, GOOD_R, d).mean_reward)
   with pytest.raises(Exception, match="argument 'delta' must be >= 0"):
