@@ -19,8 +19,11 @@ BLOCK_BYTES = 1 << 21   # per-block intermediates of about 2 MiB
 
 
 def rows_per_block(row_bytes: int) -> int:
-  """About ``BLOCK_BYTES`` per row-sized array, and at least two rows: on a single row of
-  ``2^18`` float64 entries XLA:CPU's float32 reductions ran 4-5x slower per entry (2 cores)."""
+  """About ``BLOCK_BYTES`` per row-sized array, and two rows where one row is at most that (on
+  a single row of ``2^18`` float64 entries XLA:CPU's float32 reductions ran 4-5x slower per
+  entry); one row at a time beyond, where two rows no longer share the cache well."""
+  if row_bytes > BLOCK_BYTES:
+    return 1
   return max(2, BLOCK_BYTES // max(1, row_bytes))
 
 

@@ -358,3 +358,10 @@ def test_row_blocks_give_the_whole_batch_results(row_blocks, rows_per_block):
     return s, c.log_policy, c.lam, c.kl, g
 
   row_blocks(everything, logp, reward, 0.4 * T.max_kl(logp, reward), rows_per_block=rows_per_block)
+
+
+def test_single_row_blocks_give_the_same_solution(row_blocks):
+  """With one row per block the float32 phase accumulates its sums in float64 (``_presolve32``)."""
+  logp, reward = problems.random_problem(jax.random.PRNGKey(11), 3, 5000, ties=4)
+  fn = lambda lp, r, d: (lambda c: (c.log_policy, c.lam, c.mean_reward, c.kl))(T.kl_constrained(lp, r, d))
+  row_blocks(fn, logp, reward, 0.6 * T.max_kl(logp, reward), rows_per_block=1, rtol=1e-10, atol=1e-12)
