@@ -46,10 +46,9 @@ def by_rows(fn, batch: tuple[int, ...], width: int, itemsize: int, *args):
   if n <= target:
     return fn(*args)
   block = max(d for d in range(1, target + 1) if n % d == 0)   # blocks of equal size
-  flat = lambda x: x.reshape((n,) + x.shape[len(batch):])
   if block == 1:   # one row at a time (a block axis of size 1 would make XLA copy the inputs)
     run = lambda a: jax.tree.map(lambda y: y[0], fn(*jax.tree.map(lambda x: x[None], a)))
-    split = flat
+    split = lambda x: x.reshape((n,) + x.shape[len(batch):])
   else:
     run = lambda a: fn(*a)
     split = lambda x: x.reshape((n // block, block) + x.shape[len(batch):])
