@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import Row, compile_time, median_time
+from benchmarks.harness import Row, compile_time, median_time, paired_times
 from klrl import bon, problems
 
 B = 64
@@ -70,13 +70,12 @@ def run(args):
     lp_np, r_np = np.asarray(logp), np.asarray(r)
     reps = 3 if args.quick or v >= 2 ** 18 else 7
     c = compile_time(jax.jit(bon.stats.__wrapped__), logp, r, n)
-    t = median_time(bon.stats, logp, r, n, repeats=reps)
-    tb = median_time(lambda: np_stats(lp_np, r_np, N), repeats=reps)
+    t, tb, ratios = paired_times(bon.stats, (logp, r, n), lambda: np_stats(lp_np, r_np, N), reps)
     s = bon.stats(logp, r, n)
     kl, mean, win = np_stats(lp_np, r_np, N)
     err = max(float(np.max(np.abs(s.kl - kl))), float(np.max(np.abs(s.win_rate - win))))
     rows.append(Row("bon", "stats (N = 16)", f"{B}x2^{log2v}", c, t, "NumPy argsort + level law", tb,
-                    2 * logp.size * logp.dtype.itemsize, {"max_abs_diff": err}))
+                    2 * logp.size * logp.dtype.itemsize, {"max_abs_diff": err}, ratios))
 
   # Sampler: one reference of 10^4 outputs, draws of n = 16 candidates.
   v, n, num = 10_000, 16, (20_000 if args.quick else 250_000)

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import logsumexp
 
-from benchmarks.harness import Row, compile_time, median_time
+from benchmarks.harness import Row, compile_time, median_time, paired_times
 from klrl import divergences, problems, tilted
 
 B = 64
@@ -60,27 +60,31 @@ def run(args):
     beta = jnp.full((B,), 0.7)
     nbytes = 2 * logp.size * logp.dtype.itemsize
     lp_np, r_np = np.asarray(logp), np.asarray(r)
-    reps = 3 if args.quick or v >= 2 ** 18 else 7
 
     # stats
     c = compile_time(jax.jit(tilted.stats.__wrapped__), logp, r, beta)
-    t = median_time(tilted.stats, logp, r, beta, repeats=reps)
-    tb = median_time(lambda: np_stats(lp_np, r_np, 0.7), repeats=reps) if v <= 2 ** 22 else None
-    rows.append(Row("tilted", "stats", f"{B}x2^{log2v}", c, t, "scipy logsumexp", tb, nbytes))
+    rounds = 3 if args.quick or v >= 2 ** 18 else 7
+    if v <= 2 ** 22:
+      t, tb, ratios = paired_times(tilted.stats, (logp, r, beta), lambda: np_stats(lp_np, r_np, 0.7), rounds)
+    else:
+      t, tb, ratios = median_time(tilted.stats, logp, r, beta, repeats=rounds), None, None
+    rows.append(Row("tilted", "stats", f"{B}x2^{log2v}", c, t, "scipy logsumexp", tb, nbytes, ratios=ratios))
 
     # kl_constrained at half the saturation budget
     delta = 0.5 * tilted.max_kl(logp, r)
     c = compile_time(jax.jit(tilted.kl_constrained.__wrapped__), logp, r, delta)
-    t = median_time(tilted.kl_constrained, logp, r, delta, repeats=reps)
-    sol = tilted.kl_constrained(logp, r, delta)
-    err = float(jnp.max(jnp.abs(divergences.kl(sol.log_policy, logp) - delta) / jnp.maximum(1.0, delta)))
     sub = B if v <= 2 ** 16 else 8     # baseline rows timed; the time is scaled to B rows
-    tb = None
     if v <= 2 ** 22:
       d_np = np.asarray(delta)
-      tb = median_time(lambda: np_kl_constrained(lp_np[:sub], r_np[:sub], d_np[:sub]), repeats=1 if v >= 2 ** 18 else 3) * B / sub
+      t, tb, ratios = paired_times(tilted.kl_constrained, (logp, r, delta),
+                                   lambda: np_kl_constrained(lp_np[:sub], r_np[:sub], d_np[:sub]), rounds, scale=B / sub)
+    else:
+      t, tb, ratios = median_time(tilted.kl_constrained, logp, r, delta, repeats=rounds), None, None
+    sol = tilted.kl_constrained(logp, r, delta)
+    err = float(jnp.max(jnp.abs(divergences.kl(sol.log_policy, logp) - delta) / jnp.maximum(1.0, delta)))
     extra = {"passes": int(sol.iterations) + 3, "kl_err": err}   # solve + maxima, constants, policy
     if sub < B:
       extra["baseline_rows"] = sub
-    rows.append(Row("tilted", "kl_constrained", f"{B}x2^{log2v}", c, t, "scipy brentq/row", tb, 1.5 * nbytes, extra))
+    rows.append(Row("tilted", "kl_constrained", f"{B}x2^{log2v}", c, t, "scipy brentq/row", tb, 1.5 * nbytes, extra,
+                    ratios))
   return rows

@@ -2,7 +2,9 @@
 
 Compile time and steady-state run time are measured separately; run times are medians over
 repeats. Each result is reported against a baseline measured in the same run and against the
-machine's copy bandwidth, also measured in the same run.
+machine's copy bandwidth, also measured in the same run. Where a case and its baseline are
+timed in alternation (:func:`paired_times`), the speed-up is the median of the per-round ratios
+and the notes give their range.
 """
 from __future__ import annotations
 
@@ -38,6 +40,35 @@ def median_time(fn, *args, repeats: int = 7, min_time: float = 0.0) -> float:
     if len(times) > 200:
       break
   return statistics.median(times)
+
+
+def paired_times(fn, args: tuple, baseline, rounds: int, repeats: int = 3, scale: float = 1.0):
+  """Times ``fn(*args)`` and ``baseline()`` alternately, for ratios that do not depend on when
+  each was measured: on a shared machine the speed drifts by up to 2x within minutes.
+
+  Each round takes the median of ``repeats`` calls of ``fn`` and one call of ``baseline``
+  (its time multiplied by ``scale``, for a baseline run on part of the batch).
+
+  Returns:
+    ``(fn time, baseline time, ratios)``: the medians over all calls, and the ratio
+    baseline / fn of each round.
+  """
+  _block(fn(*args))
+  baseline()
+  ours, base, ratios = [], [], []
+  for _ in range(rounds):
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      _block(fn(*args))
+      times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    baseline()
+    b = (time.perf_counter() - t) * scale
+    ours += times
+    base.append(b)
+    ratios.append(b / statistics.median(times))
+  return statistics.median(ours), statistics.median(base), ratios
 
 
 def compile_time(jitted, *args) -> float:
@@ -116,9 +147,12 @@ class Row:
   baseline_s: float | None
   bytes_moved: float | None = None
   extra: dict = field(default_factory=dict)
+  ratios: list[float] | None = None   # per-round ratios from paired_times
 
   @property
   def speedup(self) -> float | None:
+    if self.ratios:
+      return statistics.median(self.ratios)
     return None if not self.baseline_s else self.baseline_s / self.run_s
 
   def gbps(self) -> float | None:
@@ -130,7 +164,9 @@ def table(rows: list[Row], bandwidth: float) -> str:
   out = [head, "|" + "---|" * 11]
   for r in rows:
     g = r.gbps()
-    notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
+    extra = r.extra | ({"speed-up range": f"{min(r.ratios):.1f}-{max(r.ratios):.1f}x over {len(r.ratios)} rounds"}
+                       if r.ratios else {})
+    notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
     out.append(f"| {r.suite} | {r.case} | {r.size} | {r.compile_s:.2f} | {r.run_s * 1e3:.3f} | {r.baseline} | "
                f"{'' if r.baseline_s is None else f'{r.baseline_s * 1e3:.3f}'} | "
                f"{'' if r.speedup is None else f'{r.speedup:.2f}x'} | {'' if g is None else f'{g:.1f}'} | "
