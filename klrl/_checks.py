@@ -134,16 +134,17 @@ def integer(where: str, name: str, x, low: int) -> int:
 def _tie(x, bad, msgs, index=0):
   """Returns the pytree ``x`` tied to a run-time check that raises ``msgs[index]`` where ``bad``.
 
-  Floating arrays are tied through a zero added to them: an array passed through the check
-  itself (a conditional) is copied whole by XLA, which for a ``B x V`` input costs more than the
-  check. Other leaves (masks, indices) pass through the check.
+  Floating arrays are tied through a zero subtracted from them (``x - 0`` is ``x`` bit for bit,
+  ``-0.0`` included): an array passed through the check itself (a conditional) is copied whole
+  by XLA, which for a ``B x V`` input costs more than the check. Other leaves (masks, indices)
+  pass through the check.
   """
   msgs = (msgs,) if isinstance(msgs, str) else tuple(msgs)
   leaves, tree = jax.tree.flatten(x)
   floats = [jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves]
   if any(floats):
     zero = eqx.branched_error_if(jnp.zeros((), jnp.float32), bad, index, msgs)
-    leaves = [leaf + zero.astype(jnp.result_type(leaf)) if f else leaf for leaf, f in zip(leaves, floats)]
+    leaves = [leaf - zero.astype(jnp.result_type(leaf)) if f else leaf for leaf, f in zip(leaves, floats)]
   if not all(floats):
     rest = eqx.branched_error_if([leaf for leaf, f in zip(leaves, floats) if not f], bad, index, msgs)
     leaves = [leaf if f else rest.pop(0) for leaf, f in zip(leaves, floats)]

@@ -333,6 +333,13 @@ def test_bad_input_under_jit_still_names_the_argument():
     f(-1.0).block_until_ready()
 
 
+def test_a_passing_check_leaves_values_bit_for_bit():
+  from klrl import _checks
+  x = jnp.array([-0.0, 0.0, 1.5, -jnp.inf])
+  out = _checks.finite_probe("w", "x", x, jnp.zeros(()))
+  assert np.array_equal(np.signbit(out), np.signbit(x)) and np.array_equal(out, x)
+
+
 def test_parameters_broadcast_against_batch_axes():
   # One reference, many budgets / temperatures: leading axes broadcast.
   deltas = jnp.array([0.01, 0.1, 0.2])
