@@ -61,7 +61,6 @@ def np_sampler_inverse_cdf(rng, p, r, n, num):
 
 
 def run(args):
-  rows = []
   top = 12 if args.quick else args.max_log2v
   for log2v in range(args.min_log2v, top + 1, 1 if args.quick else 2):
     v = 2 ** log2v
@@ -74,8 +73,8 @@ def run(args):
     s = bon.stats(logp, r, n)
     kl, mean, win = np_stats(lp_np, r_np, N)
     err = max(float(np.max(np.abs(s.kl - kl))), float(np.max(np.abs(s.win_rate - win))))
-    rows.append(Row("bon", "stats (N = 16)", f"{B}x2^{log2v}", c, t, "NumPy argsort + level law", tb,
-                    2 * logp.size * logp.dtype.itemsize, {"max_abs_diff": err}, ratios))
+    yield Row("bon", "stats (N = 16)", f"{B}x2^{log2v}", c, t, "NumPy argsort + level law", tb,
+              2 * logp.size * logp.dtype.itemsize, {"max_abs_diff": err}, ratios)
 
   # Sampler: one reference of 10^4 outputs, draws of n = 16 candidates.
   v, n, num = 10_000, 16, (20_000 if args.quick else 250_000)
@@ -90,6 +89,5 @@ def run(args):
   draws = n * num
   for name, fn in [("NumPy choice + arg-max", np_sampler_choice), ("NumPy inverse CDF (same algorithm)", np_sampler_inverse_cdf)]:
     tb = median_time(lambda: fn(rng, p_np, r_np, n, num), repeats=3)
-    rows.append(Row("bon", f"sample (n = {n})", f"V=1e4, {num} samples", c, t, name, tb, None,
-                    {"draws_per_s": draws / t, "baseline_draws_per_s": draws / tb}))
-  return rows
+    yield Row("bon", f"sample (n = {n})", f"V=1e4, {num} samples", c, t, name, tb, None,
+              {"draws_per_s": draws / t, "baseline_draws_per_s": draws / tb})

@@ -63,7 +63,6 @@ def scipy_spectra(logp, reward, betas):
 
 
 def spectra_rows(sizes, reps):
-  rows = []
   for m in sizes:
     _, logp, reward = _chain(m)
     betas = jnp.exp(jnp.linspace(-2.0, 2.0, BETAS))
@@ -75,13 +74,11 @@ def spectra_rows(sizes, reps):
     tb = median_time(lambda: deeptime_spectra(lp_np, r_np, b_np), repeats=reps)
     ts = median_time(lambda: scipy_spectra(lp_np, r_np, b_np), repeats=reps)
     err = float(np.max(np.abs(np.asarray(jf(logp, reward, betas)) - deeptime_spectra(lp_np, r_np, b_np))))
-    rows.append(Row("chains", f"spectra x{BETAS} betas", f"M={m}", c, t, "deeptime MSM loop", tb,
-                    None, {"scipy_eigvalsh_loop_ms": 1e3 * ts, "max_abs_diff": err}))
-  return rows
+    yield Row("chains", f"spectra x{BETAS} betas", f"M={m}", c, t, "deeptime MSM loop", tb,
+              None, {"scipy_eigvalsh_loop_ms": 1e3 * ts, "max_abs_diff": err})
 
 
 def lanczos_rows(sizes, reps, steps=100):
-  rows = []
   for m in sizes:
     k1, k2 = jax.random.split(jax.random.PRNGKey(m))
     sj = chains.random_sparse_joint(k1, m)
@@ -103,13 +100,11 @@ def lanczos_rows(sizes, reps, steps=100):
     tb = median_time(eigsh, repeats=reps)
     l2, lm = eigsh()
     err = max(abs(float(lg.second) - l2), abs(float(lg.smallest) - lm))
-    rows.append(Row("chains", f"lanczos_gap ({steps} steps)", f"M={m}", c, t, "scipy eigsh x2", tb, None,
-                    {"gap": 1 - float(lg.second), "max_abs_diff": err, "residual": float(lg.residual)}))
-  return rows
+    yield Row("chains", f"lanczos_gap ({steps} steps)", f"M={m}", c, t, "scipy eigsh x2", tb, None,
+              {"gap": 1 - float(lg.second), "max_abs_diff": err, "residual": float(lg.residual)})
 
 
 def solve_rows(sizes, reps):
-  rows = []
   for m in sizes:
     log_joint, logp, reward = _chain(m, seed=1)
     beta = 0.3
@@ -128,8 +123,8 @@ def solve_rows(sizes, reps):
       c = compile_time(jf, logk)
       t = median_time(jf, logk, repeats=reps)
       err = float(np.max(np.abs(np.asarray(jf(logk)) / pi_ref - 1)))
-      rows.append(Row("chains", f"stationary ({method})", f"M={m}", c, t, "numpy solve", tb, None,
-                      {"rel_err": err, "numpy_rel_err": err_np, "min_pi": float(pi_ref.min())}))
+      yield Row("chains", f"stationary ({method})", f"M={m}", c, t, "numpy solve", tb, None,
+                {"rel_err": err, "numpy_rel_err": err_np, "min_pi": float(pi_ref.min())})
 
     target = np.arange(m) < 3
     free = ~target
@@ -146,16 +141,14 @@ def solve_rows(sizes, reps):
       c = compile_time(jf, logk, target)
       t = median_time(jf, logk, target, repeats=reps)
       diff = float(np.max(np.abs(np.asarray(jf(logk, target))[free] / ref[free] - 1)))
-      rows.append(Row("chains", f"hitting_times ({method})", f"M={m}", c, t, "numpy solve", tb, None,
-                      {"max_time": float(ref.max()), "rel_diff_to_gth": diff,
-                       "numpy_rel_diff_to_gth": float(np.max(np.abs(np_hit()[free] / ref[free] - 1)))}))
-  return rows
+      yield Row("chains", f"hitting_times ({method})", f"M={m}", c, t, "numpy solve", tb, None,
+                {"max_time": float(ref.max()), "rel_diff_to_gth": diff,
+                 "numpy_rel_diff_to_gth": float(np.max(np.abs(np_hit()[free] / ref[free] - 1)))})
 
 
 def run(args):
   quick = args.quick
   reps = 3 if quick else 5
-  rows = spectra_rows((64, 128) if quick else (500, 1000, 2000, 4000), reps)
-  rows += lanczos_rows((2000,) if quick else (20_000, 50_000, 100_000), reps)
-  rows += solve_rows((64, 128) if quick else (500, 1000, 2000, 4000), reps)
-  return rows
+  yield from spectra_rows((64, 128) if quick else (500, 1000, 2000, 4000), reps)
+  yield from lanczos_rows((2000,) if quick else (20_000, 50_000, 100_000), reps)
+  yield from solve_rows((64, 128) if quick else (500, 1000, 2000, 4000), reps)

@@ -108,7 +108,6 @@ def _ok(base, ref):
 
 
 def run(args):
-  rows = []
   cases = [(2, [10, 1000, 100_000]), (10, [10, 1000])] if args.quick else \
       [(2, [10, 100, 1000, 10_000, 100_000]), (10, [10, 100, 1000, 10_000, 100_000]), (100, [10, 100, 1000, 10_000])]
   reps = 3 if args.quick else 5
@@ -136,20 +135,20 @@ def run(args):
         bulk = base >= 1e-4 * base.max()
         extra |= {"bulk_diff_vs_baseline": float(np.max(np.abs(got[bulk] - np.log(base[bulk])))),
                   "baseline_ok_vs_klrl": _ok(base, got)}
-      rows.append(Row("memoryless", "sequence_law", size, c, t, "scipy fftconvolve", tb, 8 * got.size, extra))
+      yield Row("memoryless", "sequence_law", size, c, t, "scipy fftconvolve", tb, 8 * got.size, extra)
       if n * (levels - 1) <= 2000:
         td = median_time(lambda: np_law_log(logq, n), repeats=1)
-        rows.append(Row("memoryless", "sequence_law", size, c, t, "NumPy log-space convolution", td, 8 * got.size,
-                        {"rel_err": extra["rel_err"]}))
+        yield Row("memoryless", "sequence_law", size, c, t, "NumPy log-space convolution", td, 8 * got.size,
+                  {"rel_err": extra["rel_err"]})
       # Best-of-N over sequences, N = e^{n delta}.
       c, t = _timed(lambda: memoryless.bon_vs_kl_lattice(lat, delta, n), repeats=reps)
       out = memoryless.bon_vs_kl_lattice(lat, delta, n)
       levels_n = np.arange(base.size, dtype=np.float64)
       tb = median_time(lambda: np_bon(np_law_fft(np.exp(logq), n), levels_n, n, delta), repeats=reps)
       r_b, kl_b = np_bon(base, levels_n, n, delta)
-      rows.append(Row("memoryless", f"bon_vs_kl (delta={delta})", size, c, t, "fftconvolve + NumPy level law", tb, None,
-                      {"kl": float(out.kl), "kl_to_tilted": float(out.kl_to_tilted),
-                       "diff_reward": abs(float(out.mean_reward) - r_b), "diff_kl": abs(float(out.kl) - kl_b)}))
+      yield Row("memoryless", f"bon_vs_kl (delta={delta})", size, c, t, "fftconvolve + NumPy level law", tb, None,
+                {"kl": float(out.kl), "kl_to_tilted": float(out.kl_to_tilted),
+                 "diff_reward": abs(float(out.mean_reward) - r_b), "diff_kl": abs(float(out.kl) - kl_b)})
 
   # The real instance at full vocabulary: the lattice (klrl.lattice vs np.bincount), then best-of-N.
   u = memoryless.english_unigram()
@@ -159,8 +158,8 @@ def run(args):
   k = np.rint(reward_np * 10).astype(np.int64)
   np_lattice = lambda: np.bincount(k - k.min(), np.exp(logp_np))
   tb = median_time(np_lattice, repeats=reps)
-  rows.append(Row("memoryless", "lattice (English/VADER)", f"V={len(u.words)}", c, t, "NumPy rint + bincount", tb,
-                  16 * len(u.words), {"max_abs_diff": float(np.max(np.abs(np.exp(lat.log_mass) - np_lattice())))}))
+  yield Row("memoryless", "lattice (English/VADER)", f"V={len(u.words)}", c, t, "NumPy rint + bincount", tb,
+            16 * len(u.words), {"max_abs_diff": float(np.max(np.abs(np.exp(lat.log_mass) - np_lattice())))})
   q = np.exp(np.asarray(lat.log_mass))
   delta = 0.1
   for n in ([1000] if args.quick else [10, 100, 1000, 10_000]):
@@ -169,9 +168,8 @@ def run(args):
     levels_n = (n * float(lat.offset) + np.arange(n * (q.size - 1) + 1)) / 10
     tb = median_time(lambda: np_bon(np_law_fft(q, n), levels_n, n, delta), repeats=reps)
     r_b, kl_b = np_bon(np_law_fft(q, n), levels_n, n, delta)
-    rows.append(Row("memoryless", f"bon_vs_kl English/VADER (delta={delta})", f"V={len(u.words)}, L=74, n={n}", c, t,
-                    "fftconvolve + NumPy level law", tb, None,
-                    {"mean_reward": float(out.mean_reward), "target": float(out.target_reward[()]),
-                     "kl": float(out.kl), "diff_reward": abs(float(out.mean_reward) - r_b),
-                     "diff_kl": abs(float(out.kl) - kl_b)}))
-  return rows
+    yield Row("memoryless", f"bon_vs_kl English/VADER (delta={delta})", f"V={len(u.words)}, L=74, n={n}", c, t,
+              "fftconvolve + NumPy level law", tb, None,
+              {"mean_reward": float(out.mean_reward), "target": float(out.target_reward[()]),
+               "kl": float(out.kl), "diff_reward": abs(float(out.mean_reward) - r_b),
+               "diff_kl": abs(float(out.kl) - kl_b)})

@@ -98,7 +98,7 @@ def _row(m: dict, log2v: int, label: str) -> Row:
 
 def run(args):
   s = sizes(args.quick)
-  rows = [_row(measure(**s), s["log2v"], f"{len(jax.local_devices())} device(s)")]
+  yield _row(measure(**s), s["log2v"], f"{len(jax.local_devices())} device(s)")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 " + os.environ.get("XLA_FLAGS", ""),
              JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
   cmd = [sys.executable, "-m", "benchmarks.bench_sweep", *[f"--{k}={v}" for k, v in s.items()]]
@@ -106,8 +106,7 @@ def run(args):
   line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
   if done.returncode or not line:
     raise RuntimeError(f"8-device run failed:\n{done.stderr[-3000:]}")
-  rows.append(_row(json.loads(line[0][7:]), s["log2v"], "8 simulated CPU devices"))
-  return rows
+  yield _row(json.loads(line[0][7:]), s["log2v"], "8 simulated CPU devices")
 
 
 if __name__ == "__main__":   # the 8-device measurement, in its own process

@@ -52,7 +52,6 @@ def np_kl_constrained(logp, r, delta):
 
 
 def run(args):
-  rows = []
   top = 12 if args.quick else args.max_log2v
   for log2v in range(args.min_log2v, top + 1, 1 if args.quick else 2 if top > 20 else 1):
     v = 2 ** log2v
@@ -68,7 +67,7 @@ def run(args):
       t, tb, ratios = paired_times(tilted.stats, (logp, r, beta), lambda: np_stats(lp_np, r_np, 0.7), rounds)
     else:
       t, tb, ratios = median_time(tilted.stats, logp, r, beta, repeats=rounds), None, None
-    rows.append(Row("tilted", "stats", f"{B}x2^{log2v}", c, t, "scipy logsumexp", tb, nbytes, ratios=ratios))
+    yield Row("tilted", "stats", f"{B}x2^{log2v}", c, t, "scipy logsumexp", tb, nbytes, ratios=ratios)
 
     # kl_constrained at half the saturation budget
     delta = 0.5 * tilted.max_kl(logp, r)
@@ -85,6 +84,5 @@ def run(args):
     extra = {"passes": int(sol.iterations) + 3, "kl_err": err}   # solve + maxima, constants, policy
     if sub < B:
       extra["baseline_rows"] = sub
-    rows.append(Row("tilted", "kl_constrained", f"{B}x2^{log2v}", c, t, "scipy brentq/row", tb, 1.5 * nbytes, extra,
-                    ratios))
-  return rows
+    yield Row("tilted", "kl_constrained", f"{B}x2^{log2v}", c, t, "scipy brentq/row", tb, 1.5 * nbytes, extra,
+              ratios)

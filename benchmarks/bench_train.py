@@ -109,7 +109,6 @@ def _case(name, fn, args, steps, baseline, nbytes, p_, y_, extra=None):
 
 
 def run(args):
-  rows = []
   prompts = 64 if args.quick else 1024
   sizes = (1000, 4000) if args.quick else (1000, 10_000, 100_000)
   steps = 10 if args.quick else 50
@@ -121,19 +120,18 @@ def run(args):
     fn = functools.partial(train.policy_gradient.__wrapped__, optimizer=adam, steps=steps)
     trace = train.policy_gradient(logp, correct, BETA, adam, steps)
     err = float(np.max(np.abs(np.asarray(trace.params) - np_loop(lp, c, steps, "adam"))))
-    rows.append(_case("adam", lambda lp_, cc, b: fn(lp_, cc, b), (logp, correct, BETA), steps,
-                      lambda: np_loop(lp, c, steps, "adam"), 10 * cell, prompts, y_, {"max_param_diff": err}))
+    yield _case("adam", lambda lp_, cc, b: fn(lp_, cc, b), (logp, correct, BETA), steps,
+                lambda: np_loop(lp, c, steps, "adam"), 10 * cell, prompts, y_, {"max_param_diff": err})
     sgd = optax.sgd(LR)
     fn_n = functools.partial(train.natural_policy_gradient.__wrapped__, optimizer=sgd, steps=steps)
-    rows.append(_case("npg", lambda lp_, cc, b: fn_n(lp_, cc, b), (logp, correct, BETA), steps,
-                      lambda: np_loop(lp, c, steps, "npg"), 4 * cell, prompts, y_))
+    yield _case("npg", lambda lp_, cc, b: fn_n(lp_, cc, b), (logp, correct, BETA), steps,
+                lambda: np_loop(lp, c, steps, "npg"), 4 * cell, prompts, y_)
   y_ = sizes[-1]
   logp, correct = rlvr.random_problem(jax.random.PRNGKey(1), prompts, y_, num_correct=y_ // 10)
   lp, c = np.asarray(logp), np.asarray(correct, np.float64)
   for group in ((8, 64) if args.quick else (8, 16, 32, 64)):
     fn_s = functools.partial(train.sampled_policy_gradient.__wrapped__, optimizer=optax.adam(LR), steps=steps,
                              group=group, advantage="grpo", kl="k3", kl_in="loss")
-    rows.append(_case(f"grpo/{group}", lambda k, lp_, cc, b: fn_s(k, lp_, cc, b),
-                      (jax.random.PRNGKey(0), logp, correct, BETA), steps,
-                      lambda: np_loop(lp, c, steps, "grpo", group), 10 * lp.size * lp.itemsize, prompts, y_))
-  return rows
+    yield _case(f"grpo/{group}", lambda k, lp_, cc, b: fn_s(k, lp_, cc, b),
+                (jax.random.PRNGKey(0), logp, correct, BETA), steps,
+                lambda: np_loop(lp, c, steps, "grpo", group), 10 * lp.size * lp.itemsize, prompts, y_)
