@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp, xlogy
 from jaxtyping import Array, Float
 
-from klrl import _checks
+from klrl import _checks, _rows
 
 __all__ = [
     "kl", "entropy", "cross_entropy", "bernoulli_kl", "bernoulli_kl_logits", "binary_entropy", "chi2", "tv",
@@ -20,15 +20,39 @@ __all__ = [
 ]
 
 
-def _pair(where, logp, logq):
+def _checked_rows(where, fn, names, arrays, *params):
+  """``fn(*arrays, *params)``, a value per row, with each array checked to be log-probabilities
+  over the last axis in the same pass: rows are taken in blocks while they are in cache
+  (:mod:`klrl._rows`), and the checks hold the per-row results only (a check on a whole
+  ``B x V`` input makes XLA copy it).
+
+  ``params`` are per-row arrays (shape ``batch``); the arrays broadcast against each other.
+  """
+  shape = jnp.broadcast_shapes(*(a.shape for a in arrays))
+  dtype = jnp.result_type(*arrays)
+  arrays = [jnp.broadcast_to(a, shape).astype(dtype) for a in arrays]
+
+  def rows(*args):
+    return fn(*args), [jnp.exp(logsumexp(a, axis=-1)) for a in args[:len(arrays)]]
+
+  out, totals = _rows.by_rows(rows, shape[:-1], shape[-1], jnp.dtype(dtype).itemsize, *arrays, *params)
+  for name, total in zip(names, totals):
+    out = _checks.normalised(where, name, out, total)
+  return out
+
+
+def _pair(where, fn, logp, logq, alpha=None, alpha_check=None):
+  """``fn(logp, logq)`` per row (``fn(logp, logq, alpha)`` with an order ``alpha``), both
+  distributions checked (see :func:`_checked_rows`)."""
   logp = _checks.floating(where, "logp", logp, 1)
   logq = _checks.floating(where, "logq", logq, 1)
   _checks.same_support(where, "logp", logp, "logq", logq)
-  shape = jnp.broadcast_shapes(logp.shape, logq.shape)
-  dtype = jnp.result_type(logp, logq)
-  logp = _checks.log_probs(where, "logp", logp)
-  logq = _checks.log_probs(where, "logq", logq)
-  return jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(logq, shape).astype(dtype)
+  params = ()
+  if alpha is not None:
+    batch = jnp.broadcast_shapes(logp.shape, logq.shape)[:-1]
+    alpha = _checks.batch_param(where, "alpha", alpha, batch, jnp.result_type(logp, logq))
+    params = (alpha if alpha_check is None else alpha_check(where, "alpha", alpha),)
+  return _checked_rows(where, fn, ("logp", "logq"), (logp, logq), *params)
 
 
 def log_normalize(logw: Float[Array, "... v"]) -> Float[Array, "... v"]:
@@ -59,22 +83,21 @@ def kl(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array,
   Returns:
     ``KL(p || q) >= 0``; ``+inf`` where ``p`` puts mass where ``q`` has none.
   """
-  return _kl(*_pair("klrl.divergences.kl", logp, logq))
+  return _pair("klrl.divergences.kl", _kl, logp, logq)
 
 
 @_checks.public
 def cross_entropy(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array, "..."]:
   """Cross entropy ``H(p, q) = -sum_y p(y) log q(y)``."""
-  logp, logq = _pair("klrl.divergences.cross_entropy", logp, logq)
-  return -expectation(logp, logq)
+  return _pair("klrl.divergences.cross_entropy", lambda lp, lq: -expectation(lp, lq), logp, logq)
 
 
 @_checks.public
 def entropy(logp: Float[Array, "... v"]) -> Float[Array, "..."]:
   """Shannon entropy ``H(p) = -sum_y p(y) log p(y)`` (nats)."""
-  logp = _checks.floating("klrl.divergences.entropy", "logp", logp, 1)
-  logp = _checks.log_probs("klrl.divergences.entropy", "logp", logp)
-  return -expectation(logp, logp)
+  where = "klrl.divergences.entropy"
+  logp = _checks.floating(where, "logp", logp, 1)
+  return _checked_rows(where, lambda lp: -expectation(lp, lp), ("logp",), (logp,))
 
 
 def _bernoulli_kl(a, b):
@@ -142,17 +165,19 @@ def binary_entropy(a: Float[Array, "..."]) -> Float[Array, "..."]:
 @_checks.public
 def chi2(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array, "..."]:
   """Chi-square divergence ``chi2(p || q) = sum_y p(y)^2 / q(y) - 1``, in log space."""
-  logp, logq = _pair("klrl.divergences.chi2", logp, logq)
-  p = jnp.exp(logp)
-  terms = jnp.where(p > 0, 2 * logp - logq, -jnp.inf)
+  return _pair("klrl.divergences.chi2", _chi2, logp, logq)
+
+
+def _chi2(logp, logq):
+  terms = jnp.where(jnp.exp(logp) > 0, 2 * logp - logq, -jnp.inf)
   return jnp.expm1(logsumexp(terms, axis=-1))
 
 
 @_checks.public
 def tv(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array, "..."]:
   """Total-variation distance ``(1/2) sum_y |p(y) - q(y)|``."""
-  logp, logq = _pair("klrl.divergences.tv", logp, logq)
-  return 0.5 * jnp.sum(jnp.abs(jnp.exp(logp) - jnp.exp(logq)), axis=-1)
+  return _pair("klrl.divergences.tv", lambda lp, lq: 0.5 * jnp.sum(jnp.abs(jnp.exp(lp) - jnp.exp(lq)), axis=-1),
+               logp, logq)
 
 
 @_checks.public
@@ -163,12 +188,13 @@ def renyi_divergence(logp: Float[Array, "... v"], logq: Float[Array, "... v"],
   ``alpha = 1`` gives ``KL(p || q)`` (the limit), ``alpha = 2`` gives ``log(1 + chi2)``.
   """
   where = "klrl.divergences.renyi_divergence"
-  logp, logq = _pair(where, logp, logq)
-  alpha = _checks.positive(where, "alpha", _checks.batch_param(where, "alpha", alpha, logp.shape[:-1], logp.dtype))
+  return _pair(where, _renyi_divergence, logp, logq, alpha, _checks.positive)
+
+
+def _renyi_divergence(logp, logq, alpha):
   is_one = alpha == 1
   a = jnp.where(is_one, 2.0, alpha)[..., None]
-  p = jnp.exp(logp)
-  terms = jnp.where(p > 0, a * logp + (1 - a) * logq, -jnp.inf)
+  terms = jnp.where(jnp.exp(logp) > 0, a * logp + (1 - a) * logq, -jnp.inf)
   general = logsumexp(terms, axis=-1) / (a[..., 0] - 1)
   return jnp.where(is_one, _kl(logp, logq), general)
 
@@ -182,11 +208,12 @@ def renyi_cross_entropy(logp: Float[Array, "... v"], logq: Float[Array, "... v"]
   SPEC section 3; ``alpha = 1`` gives the Shannon cross entropy ``-sum p log q`` (the limit).
   """
   where = "klrl.divergences.renyi_cross_entropy"
-  logp, logq = _pair(where, logp, logq)
-  alpha = _checks.batch_param(where, "alpha", alpha, logp.shape[:-1], logp.dtype)
+  return _pair(where, _renyi_cross_entropy, logp, logq, alpha)
+
+
+def _renyi_cross_entropy(logp, logq, alpha):
   is_one = alpha == 1
   safe = jnp.where(is_one, 2.0, alpha)
-  p = jnp.exp(logp)
-  terms = jnp.where(p > 0, logp + (safe[..., None] - 1) * logq, -jnp.inf)
+  terms = jnp.where(jnp.exp(logp) > 0, logp + (safe[..., None] - 1) * logq, -jnp.inf)
   general = logsumexp(terms, axis=-1) / (1 - safe)
   return jnp.where(is_one, -expectation(logp, logq), general)

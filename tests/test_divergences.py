@@ -88,3 +88,50 @@ def test_gradients_are_finite_at_zero_mass():
 def test_bad_input_names_the_argument(call, arg):
   with pytest.raises(InputError, match=arg):
     call()
+
+
+PAIRS = [D.kl, D.cross_entropy, D.chi2, D.tv,
+         lambda p, q: D.renyi_divergence(p, q, jnp.array([0.5, 1.0, 2.0, 3.0, 0.7, 1.5])),
+         lambda p, q: D.renyi_cross_entropy(p, q, jnp.array([0.5, 1.0, 2.0, 3.0, 0.7, 1.5]))]
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 4])
+def test_row_blocks_give_the_whole_batch_results(row_blocks, rows_per_block):
+  lp, lq = jnp.asarray(_logp((6, 40), zeros=3)), jnp.asarray(_logp((6, 40)))
+  for fn in PAIRS:
+    row_blocks(fn, lp, lq, rows_per_block=rows_per_block)
+  row_blocks(D.entropy, lp, rows_per_block=rows_per_block)
+  row_blocks(D.kl, lq[0], lp, rows_per_block=rows_per_block)   # one distribution against a batch
+
+
+def test_broadcast_reference_against_a_batch():
+  lp, lq = _logp((40,)), _logp((6, 40))
+  np.testing.assert_allclose(D.kl(lp, lq), [float(D.kl(lp, lq[i])) for i in range(6)], rtol=1e-13)
+  np.testing.assert_allclose(D.tv(lq, lp), [float(D.tv(lq[i], lp)) for i in range(6)], rtol=1e-13)
+
+
+def test_gradients_through_row_blocks(monkeypatch):
+  from jax.test_util import check_grads
+  from klrl import _rows
+  monkeypatch.setattr(_rows, "rows_per_block", lambda row_bytes: 1)
+  jax.clear_caches()
+  x, y = jnp.asarray(RNG.normal(size=(3, 5))), jnp.asarray(RNG.normal(size=(3, 5)))
+  alpha = jnp.array([0.5, 2.0, 3.0])
+  for f in [D.kl, D.chi2, D.cross_entropy, lambda p, q: D.renyi_divergence(p, q, alpha)]:
+    check_grads(lambda a, b: f(jax.nn.log_softmax(a), jax.nn.log_softmax(b)), (x, y), order=1, modes=("fwd", "rev"))
+  jax.clear_caches()
+
+
+@pytest.mark.parametrize("fn", [D.kl, D.tv, D.chi2, D.cross_entropy])
+def test_a_bad_row_names_its_argument(fn):
+  lp, lq = _logp((4, 6)), _logp((4, 6))
+  bad = lq.copy()
+  bad[2, 1] += 0.1                      # row 2 no longer sums to 1
+  with pytest.raises(InputError, match="argument 'logq' is not a log-probability vector"):
+    fn(lp, bad)
+  bad = lp.copy()
+  bad[3, 0] = np.nan
+  with pytest.raises(InputError, match="argument 'logp' contains NaN"):
+    fn(bad, lq)
+  with pytest.raises(InputError, match="argument 'logp' contains NaN"):
+    D.entropy(bad)
