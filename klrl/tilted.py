@@ -24,7 +24,9 @@ until ``|G| <= 0.02``, and one more Halley step, which lands near float32's roun
 taken without a pass to confirm it; float64 passes follow, and the last step is taken on the
 quadratic Taylor model of ``K`` when a bound on its remainder is below the tolerance, which
 saves the pass that would only confirm convergence. A solve takes 2 to 6 passes on typical
-problems. Derivatives through the root are implicit (not unrolled).
+problems. Where every budget exceeds 1/8 no iterate is in the small-``lam`` regime, and the
+pass before the solve (extremes of ``r``, moments of ``p`` for the starting point, ``p(S*)``)
+also sums in float32. Derivatives through the root are implicit (not unrolled).
 
 Accuracy (measured by ``tests/test_tilted.py`` and ``benchmarks/bench_tilted.py``): the KL of
 ``kl_constrained``'s policy matches ``delta`` to ``1e-10 max(1, delta)`` in float64 and to
@@ -183,7 +185,8 @@ def _constants(logp, reward, top=True):
                        logp.dtype.itemsize, logp, reward)
 
 
-def _constants_block(logp, reward, top):
+def _extremes(logp, reward):
+  """``r_max``, ``r_min`` over the support of ``p``, ``max log p`` and the shift for ``p``."""
   # Reductions are written without selects where possible: XLA:CPU vectorises those.
   def masked(_):
     mass = logp > -jnp.inf
@@ -196,6 +199,16 @@ def _constants_block(logp, reward, top):
   r_max, r_min = lax.cond(jnp.min(logp) > -jnp.inf, full, masked, None)
   l_max = jnp.max(logp, axis=-1)
   shift = jnp.where(jnp.isfinite(l_max), l_max, 0.0)   # NaN and +-inf reach the checks through p
+  return r_max, r_min, l_max, shift
+
+
+def _log_top_mass(logp, is_top):
+  """``log p(S*)`` exactly, for the maximisers ``is_top``."""
+  return logsumexp(jnp.where(is_top & (logp > -jnp.inf), logp, -jnp.inf), axis=-1)
+
+
+def _constants_block(logp, reward, top):
+  r_max, r_min, l_max, shift = _extremes(logp, reward)
   p = jnp.exp(logp - shift[..., None])                 # probabilities relative to the largest
   s = jnp.sum(p, axis=-1)
   pr = p * reward                      # zero-mass entries give 0 (rewards are checked finite)
@@ -205,13 +218,38 @@ def _constants_block(logp, reward, top):
   if top:
     is_top = reward == r_max[..., None]
     top_s = jnp.sum(jnp.where(is_top, p, 0.0), axis=-1)
-
-    def exact(_):   # the maximisers' mass underflows next to the largest probability
-      return logsumexp(jnp.where(is_top & (logp > -jnp.inf), logp, -jnp.inf), axis=-1)
-
-    log_ps = lax.cond(jnp.all(top_s > 0), lambda _: shift + jnp.log(top_s), exact, None)
+    # Exact where the maximisers' mass underflows next to the largest probability.
+    log_ps = lax.cond(jnp.all(top_s > 0), lambda _: shift + jnp.log(top_s), lambda _: _log_top_mass(logp, is_top), None)
   probe = jnp.sum(0.0 * reward, axis=-1)
   return _Prep(mu, var, r_max, r_min, l_max, log_ps), jnp.exp(shift) * s, probe
+
+
+def _constants_block32(logp, reward):
+  """:func:`_constants_block` with ``top``, its sums in float32: ``E_p r``, ``Var_p r`` and the
+  normalisation total to about 1e-7, ``log p(S*)`` exact. For solves that stay where
+  ``lam (r_max - r_min) > 1``, in which the moments of ``p`` only give the starting point (see
+  :func:`_solve_constants`)."""
+  r_max, r_min, l_max, shift = _extremes(logp, reward)
+  acc = _accumulator32(logp)
+  p = jnp.exp((logp - shift[..., None]).astype(jnp.float32))
+  r = reward.astype(jnp.float32)
+  pr = p * r
+  s, m1, m2 = (jnp.sum(x, axis=-1, dtype=acc).astype(logp.dtype) for x in (p, pr, pr * r))
+  mu = m1 / s
+  var = jnp.maximum(m2 / s - mu * mu, 0.0)
+  # A single maximiser (the usual case) gives log p(S*) without a sum.
+  is_top = reward == r_max[..., None]
+  count = jnp.sum(is_top, axis=-1)
+  l_top = jnp.max(jnp.where(is_top, logp, -jnp.inf), axis=-1)
+  log_ps = lax.cond(jnp.all(count == 1), lambda _: l_top, lambda _: _log_top_mass(logp, is_top), None)
+  probe = jnp.sum(0.0 * reward, axis=-1)
+  return _Prep(mu, var, r_max, r_min, l_max, log_ps), jnp.exp(shift) * s, probe
+
+
+def _accumulator32(logp):
+  # XLA:CPU reduces a single long row in float32 4-5x slower than two rows (klrl._rows);
+  # accumulating in float64 avoids that.
+  return jnp.float64 if math.prod(logp.shape[:-1]) == 1 else jnp.float32
 
 
 _INV_FACT = [1.0]
@@ -451,9 +489,7 @@ def _presolve32(logp, reward, lam, lo, hi, prep: _Prep, target, spread, active):
   tiny = jnp.finfo(logp.dtype).tiny
   s = reward - prep.r_max[..., None]
   s32 = s.astype(jnp.float32)
-  # XLA:CPU reduces a single long row in float32 4-5x slower than two rows (klrl._rows);
-  # accumulating in float64 avoids that.
-  acc = jnp.float64 if math.prod(logp.shape[:-1]) == 1 else jnp.float32
+  acc = _accumulator32(logp)
 
   def evaluate(lam):
     t = jnp.exp((logp - prep.l_max[..., None] + lam[..., None] * s).astype(jnp.float32))
@@ -655,7 +691,7 @@ def _kl_constrained(where, logp, reward, delta) -> Constrained:
   the policy is then written in one pass from the checked per-row results, so the large output
   is neither stacked block by block nor passed through the checks."""
   def rows(logp, reward, delta):
-    prep, total, probe = _constants_block(logp, reward, True)
+    prep, total, probe = _solve_constants(logp, reward, delta)
     saturated = delta >= -prep.log_ps
     lam, it, mean, kl = _root(logp, reward, delta, saturated, prep)
     return (lam, jnp.broadcast_to(it, delta.shape), mean, kl, prep), total, probe
@@ -663,6 +699,18 @@ def _kl_constrained(where, logp, reward, delta) -> Constrained:
   row, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, delta)
   lam, it, mean, kl, prep = _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", row, total), probe)
   return _constrained(logp, reward, delta, prep, lam, jnp.max(it, initial=0), mean, kl)
+
+
+def _solve_constants(logp, reward, delta):
+  """The constants of :func:`_kl_constrained`'s rows, in float32 where no row needs ``E_p r``
+  exactly. It is needed where ``delta = 0`` (the answer's mean reward) and where an iterate has
+  ``lam (r_max - r_min) <= 1`` (the sums centred at ``E_p r``). Since ``K(lam) <= lam^2
+  (r_max - r_min)^2 / 8``, every iterate (``lam >= sqrt(8 delta) / (r_max - r_min)``) has
+  ``lam (r_max - r_min) > 1`` once ``delta > 1/8``."""
+  if logp.dtype != jnp.float64 or logp.shape[-1] < _PRESOLVE_MIN_V:
+    return _constants_block(logp, reward, True)
+  return lax.cond(jnp.all(delta > 0.125), _constants_block32, lambda lp, r: _constants_block(lp, r, True),
+                  logp, reward)
 
 
 def _constrained(logp, reward, delta, prep: _Prep, lam, it, mean, kl) -> Constrained:

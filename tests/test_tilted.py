@@ -132,6 +132,34 @@ def test_float32_phase_of_the_float64_solve(temperature, monkeypatch):
   np.testing.assert_allclose(lam_mixed[:-2], solve()[0][:-2], rtol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["one maximiser", "tied maximisers", "zero-mass entry tied at the maximum"])
+def test_float32_constants_give_the_float64_solution(kind, monkeypatch):
+  """Where every budget exceeds 1/8 (float64, V >= 4096) the constants of ``kl_constrained`` are
+  summed in float32 and ``log p(S*)`` comes from the maximisers (``_solve_constants``): the
+  solution and its derivatives are those from the float64 constants."""
+  logp, reward = problems.random_problem(jax.random.PRNGKey(7), 5, 5000, zero_mass=5)
+  top = jnp.max(jnp.where(logp > -jnp.inf, reward, -jnp.inf), axis=-1)
+  rows = jnp.arange(5)
+  if kind == "tied maximisers":        # the most likely entry joins the maximisers
+    reward = reward.at[rows, jnp.argmax(logp, -1)].set(top)
+  if kind == "zero-mass entry tied at the maximum":
+    reward = reward.at[rows, jnp.argmin(logp, -1)].set(top)
+  deltas = np.asarray(T.max_kl(logp, reward)) * np.array([0.2, 0.5, 0.9, 1.0, 3.0])   # two saturated rows
+  assert np.all(deltas > 0.125)
+
+  def solve(logp, reward):
+    c = T.kl_constrained(logp, reward, deltas)
+    g = jax.grad(lambda lp, r: jnp.sum(T.kl_constrained(lp, r, deltas).mean_reward), (0, 1))(logp, reward)
+    return c.log_policy, c.lam, c.mean_reward, c.kl, g
+
+  fast = solve(logp, reward)
+  monkeypatch.setattr(T, "_solve_constants", lambda lp, r, d: T._constants_block(lp, r, True))
+  jax.clear_caches()
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(solve(logp, reward))):
+    np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+  jax.clear_caches()
+
+
 def test_constraint_accuracy_float32_and_agreement_with_float64():
   logp, r = problems.random_problem(jax.random.PRNGKey(3), 1, 10 ** 6)
   logp, r = jnp.broadcast_to(logp, (len(FRACS), 10 ** 6)), jnp.broadcast_to(r, (len(FRACS), 10 ** 6))
