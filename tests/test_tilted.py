@@ -1,5 +1,4 @@
 """klrl.tilted (SPEC §1) against mpmath closed forms, brute force and theorem identities."""
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import socket
-import sys
 import time
 from importlib import metadata
 from pathlib import Path

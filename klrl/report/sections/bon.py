@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from klrl import bon, divergences, problems, tilted
@@ -39,7 +38,7 @@ def _np(x):
 
 def run(cfg: dict, ctx: Context) -> Section:
   m, vocab = int(cfg.get("instances", 256)), int(cfg.get("vocab", 40))
-  num, max_log2 = int(cfg.get("mc_samples", 100_000)), int(cfg.get("max_log2_n", 12))
+  num = int(cfg.get("mc_samples", 100_000))
   if ctx.scale:
     m, vocab, num = m * 16, vocab * 64, num * 10
   rng = np.random.default_rng(int(cfg.get("seed", 0)))
