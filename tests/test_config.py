@@ -106,7 +106,7 @@ def test_plan_covers_every_point_once(lengths, chunk_size, static_first):
   values = {"vocab": lambda n: list(range(2, 2 + n)), "seed": lambda n: list(range(n)),
             "temperature": lambda n: [1.0 + i for i in range(n)]}
   grid_toml = "\n".join(f"{a} = {values[a](n)}" for a, n in zip(names, lengths))
-  cfg = parse(f'experiment = "tilted.stats"\n[fixed]\nbeta = 1.0\n' + ("vocab = 4\n" if "vocab" not in names else "")
+  cfg = parse('experiment = "tilted.stats"\n[fixed]\nbeta = 1.0\n' + ("vocab = 4\n" if "vocab" not in names else "")
               + f"[grid]\n{grid_toml}\n[run]\nchunk_size = {chunk_size}\n")
   g = grid.expand(cfg)
   chunks = grid.plan(cfg, g)

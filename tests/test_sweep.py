@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from klrl import InputError, bon, cli, problems, tilted
+from klrl import bon, cli, problems, tilted
 from klrl.sweep import EXPERIMENTS, Param, SweepError, config, engine, grid, merge
 from klrl.sweep.experiments import Experiment
 from klrl.sweep.progress import Progress
