@@ -67,7 +67,7 @@ def run(args):
     logp, r = problems.random_problem(jax.random.PRNGKey(log2v), B, v)
     n = jnp.full((B,), N)
     lp_np, r_np = np.asarray(logp), np.asarray(r)
-    reps = 3 if args.quick or v >= 2 ** 18 else 7
+    reps = args.rounds or (3 if args.quick or v >= 2 ** 18 else 7)
     c = compile_time(jax.jit(bon.stats.__wrapped__), logp, r, n)
     t, tb, ratios = paired_times(bon.stats, (logp, r, n), lambda: np_stats(lp_np, r_np, N), reps)
     s = bon.stats(logp, r, n)

@@ -62,7 +62,7 @@ def run(args):
 
     # stats
     c = compile_time(jax.jit(tilted.stats.__wrapped__), logp, r, beta)
-    rounds = 3 if args.quick or v >= 2 ** 18 else 7
+    rounds = args.rounds or (3 if args.quick or v >= 2 ** 18 else 7)
     if v <= 2 ** 22:
       t, tb, ratios = paired_times(tilted.stats, (logp, r, beta), lambda: np_stats(lp_np, r_np, 0.7), rounds)
     else:

@@ -159,13 +159,21 @@ class Row:
     return None if not self.bytes_moved else self.bytes_moved / self.run_s / 1e9
 
 
+def _spread(ratios: list[float]) -> str:
+  """The range of the per-round speed-ups, and their quartiles once there are enough rounds."""
+  out = f"{min(ratios):.1f}-{max(ratios):.1f}x"
+  if len(ratios) >= 8:
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    out += f" (quartiles {q1:.1f}-{q3:.1f}x)"
+  return out + f" over {len(ratios)} rounds"
+
+
 def table(rows: list[Row], bandwidth: float) -> str:
   head = "| suite | case | size | compile s | run ms | baseline | baseline ms | speed-up | GB/s | % of copy BW | notes |"
   out = [head, "|" + "---|" * 11]
   for r in rows:
     g = r.gbps()
-    extra = r.extra | ({"speed-up range": f"{min(r.ratios):.1f}-{max(r.ratios):.1f}x over {len(r.ratios)} rounds"}
-                       if r.ratios else {})
+    extra = r.extra | ({"speed-up range": _spread(r.ratios)} if r.ratios else {})
     notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
     out.append(f"| {r.suite} | {r.case} | {r.size} | {r.compile_s:.2f} | {r.run_s * 1e3:.3f} | {r.baseline} | "
                f"{'' if r.baseline_s is None else f'{r.baseline_s * 1e3:.3f}'} | "

@@ -18,10 +18,14 @@ def main(argv=None):
   parser.add_argument("--max-log2v", type=int, default=20, help="largest vocabulary is 2**N")
   parser.add_argument("--min-log2v", type=int, default=10, help="smallest vocabulary is 2**N")
   parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke test)")
+  parser.add_argument("--rounds", type=int, default=None,
+                      help="paired rounds per case in the tilted and bon suites (default 7, 3 from 2^18)")
   parser.add_argument("--tag", default=None, help="name of the results file (default: the platform)")
   parser.add_argument("--reuse-freed-memory", action="store_true",
                       help="keep freed large buffers in glibc's heap (no page faults on large outputs)")
   args = parser.parse_args(argv)
+  if args.rounds is not None and args.rounds < 1:
+    parser.error(f"argument --rounds: must be at least 1, got {args.rounds}")
   jax.config.update("jax_enable_x64", True)
   reuse = args.reuse_freed_memory and harness.reuse_freed_memory()
   if args.reuse_freed_memory and not reuse:
