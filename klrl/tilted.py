@@ -157,16 +157,19 @@ def _prepare(where, logp, reward) -> _Prep:
 
 
 def _log_z(where, logp, reward, beta):
-  """Checked ``log Z_beta`` of each row, from one pass that also checks the inputs.
+  """Checked ``c`` and ``log Z_beta - c / beta`` of each row, with ``c = max r``, from one pass that
+  also checks the inputs. Centred, ``(r - c) / beta`` keeps the rewards' differences where
+  ``r / beta`` would round them away (rewards offset far from zero, small ``beta``).
 
   The checks hold per-row values only: a check on a whole ``B x V`` array makes XLA copy it.
   """
   def rows(logp, reward, beta):
-    return (logsumexp(logp + reward / beta[..., None], axis=-1), jnp.exp(logsumexp(logp, axis=-1)),
-            jnp.sum(0.0 * reward, axis=-1))
+    c = jnp.max(reward, axis=-1)
+    return ((c, logsumexp(logp + (reward - c[..., None]) / beta[..., None], axis=-1)),
+            jnp.exp(logsumexp(logp, axis=-1)), jnp.sum(0.0 * reward, axis=-1))
 
-  log_z, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, beta)
-  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", log_z, total), probe)
+  out, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, beta)
+  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", out, total), probe)
 
 
 def _one_pass(where, logp, reward, lam) -> Cumulants:
@@ -211,9 +214,7 @@ def _constants_block(logp, reward, top):
   r_max, r_min, l_max, shift = _extremes(logp, reward)
   p = jnp.exp(logp - shift[..., None])                 # probabilities relative to the largest
   s = jnp.sum(p, axis=-1)
-  pr = p * reward                      # zero-mass entries give 0 (rewards are checked finite)
-  mu = jnp.sum(pr, axis=-1) / s
-  var = jnp.maximum(jnp.sum(pr * reward, axis=-1) / s - mu * mu, 0.0)
+  mu, var = _moments(p, reward, s, r_max, r_min, logp.dtype)
   log_ps = None
   if top:
     is_top = reward == r_max[..., None]
@@ -232,11 +233,8 @@ def _constants_block32(logp, reward):
   r_max, r_min, l_max, shift = _extremes(logp, reward)
   acc = _accumulator32(logp)
   p = jnp.exp((logp - shift[..., None]).astype(jnp.float32))
-  r = reward.astype(jnp.float32)
-  pr = p * r
-  s, m1, m2 = (jnp.sum(x, axis=-1, dtype=acc).astype(logp.dtype) for x in (p, pr, pr * r))
-  mu = m1 / s
-  var = jnp.maximum(m2 / s - mu * mu, 0.0)
+  s = jnp.sum(p, axis=-1, dtype=acc).astype(logp.dtype)
+  mu, var = _moments(p, reward, s, r_max, r_min, acc)
   # A single maximiser (the usual case) gives log p(S*) without a sum.
   is_top = reward == r_max[..., None]
   count = jnp.sum(is_top, axis=-1)
@@ -244,6 +242,21 @@ def _constants_block32(logp, reward):
   log_ps = lax.cond(jnp.all(count == 1), lambda _: l_top, lambda _: _log_top_mass(logp, is_top), None)
   probe = jnp.sum(0.0 * reward, axis=-1)
   return _Prep(mu, var, r_max, r_min, l_max, log_ps), jnp.exp(shift) * s, probe
+
+
+def _moments(p, reward, total, r_max, r_min, acc):
+  """``E_p r`` and ``Var_p r`` from the weights ``p`` (summing to ``total``), in the precision of ``p``.
+
+  The rewards are centred at the middle ``c`` of their range, so that the one-pass variance
+  cancels ``(E_p r - c)^2 <= (r_max - r_min)^2 / 4``, not ``E_p[r]^2``: rewards offset by
+  ``10^4`` keep their variance (uncentred, float32 gave 0). ``E_p r = c + E_p[r - c]`` stays
+  as accurate as ``E_p[r]`` summed directly: ``|c| <= max |r|``.
+  """
+  mid = 0.5 * r_max + 0.5 * r_min
+  gap = (reward - mid[..., None]).astype(p.dtype)
+  pg = p * gap                         # zero-mass entries give 0 (rewards are checked finite)
+  m1, m2 = (jnp.sum(x, axis=-1, dtype=acc).astype(total.dtype) / total for x in (pg, pg * gap))
+  return mid + m1, jnp.maximum(m2 - m1 * m1, 0.0)
 
 
 def _accumulator32(logp):
@@ -356,12 +369,23 @@ def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool, entropy: bool = 
     kl_gap = jnp.maximum(jnp.where(small, -prep.log_ps - kl, rest), 0.0)
   c = Cumulants(log_z=logz_c + lam * center, mean=mean_c + center, var=var, kl=kl,
                 kl_gap=kl_gap, cross_entropy=None if e_lp is None else -e_lp)
-  return (c, e_s3 - mean_c * (3 * var + mean_c * mean_c)) if third else c
+  if not third:
+    return c
+  # A'(lam) - r_max unrounded where the sums are centred at r_max (see _log_policy).
+  mean_gap = jnp.where(small, c.mean - prep.r_max, mean_c)
+  return c, e_s3 - mean_c * (3 * var + mean_c * mean_c), mean_gap
 
 
-def _log_policy(logp, reward, lam, mean, kl):
-  # log p + lam r - A(lam) = log p + lam (r - A'(lam)) + K(lam): large lam does not cancel.
-  return logp + lam[..., None] * (reward - mean[..., None]) + kl[..., None]
+def _log_policy(logp, reward, lam, mean, kl, mean_gap, r_max):
+  """``log p + lam r - A(lam) = log p + lam (r - A'(lam)) + K(lam)``: large ``lam`` does not cancel.
+
+  ``A'(lam)`` is rounded to the spacing of the rewards' floats: for rewards offset far from
+  zero (``10^4`` with a spread of ``10^-2``, say) ``lam`` times that rounding would shift every
+  log-probability alike. The shift is put back from ``mean_gap = A'(lam) - r_max``, which the
+  solver knows unrounded; it is zero in exact arithmetic, so it carries no derivative.
+  """
+  fix = lax.stop_gradient(lam * ((mean - r_max) - mean_gap))
+  return logp + lam[..., None] * (reward - mean[..., None]) + (kl + fix)[..., None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +407,8 @@ def tilt(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float
   """
   where = "klrl.tilted.tilt"
   logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
-  return logp + reward / beta[..., None] - _log_z(where, logp, reward, beta)[..., None]
+  c, log_zc = _log_z(where, logp, reward, beta)
+  return logp + (reward - c[..., None]) / beta[..., None] - log_zc[..., None]
 
 
 @_checks.public
@@ -391,7 +416,8 @@ def log_partition(logp: Float[Array, "... v"], reward: Float[Array, "... v"], be
   """``log Z_beta = log E_p exp(r / beta)``; ``beta log Z_beta`` is the optimal value of ``J_beta``."""
   where = "klrl.tilted.log_partition"
   logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
-  return _log_z(where, logp, reward, beta)
+  c, log_zc = _log_z(where, logp, reward, beta)
+  return c / beta + log_zc
 
 
 @_checks.public
@@ -533,7 +559,7 @@ def _solve(logp, reward, delta, prep: _Prep, active):
   """Safeguarded Newton for ``K(lam) = delta`` on rows where ``active``; no derivatives.
 
   Returns ``lam``, the number of passes over the data (float64 and float32) and
-  ``(A'(lam), K(lam))`` from the last pass.
+  ``(A'(lam), K(lam), A'(lam) - r_max)`` from the last pass.
   """
   dtype = logp.dtype
   tol = 1e-13 if jnp.finfo(dtype).bits > 32 else 2e-6
@@ -543,19 +569,21 @@ def _solve(logp, reward, delta, prep: _Prep, active):
   d = jnp.where(active, delta, 0.5 * jnp.where(dmax > 0, dmax, 1.0))
   target = jnp.log(d) - jnp.log(jnp.maximum(dmax - d, tiny))
   lo = jnp.sqrt(8 * d) / spread                        # K(lam) <= lam^2 spread^2 / 8
-  lam0 = jnp.maximum(jnp.sqrt(2 * d / jnp.maximum(prep.var, tiny)), lo)
+  # A variance below rounding level of the spread is noise; the floor keeps lam0 finite.
+  var0 = jnp.maximum(prep.var, jnp.maximum((jnp.finfo(dtype).eps * spread) ** 2, tiny))
+  lam0 = jnp.maximum(jnp.sqrt(2 * d / var0), lo)
   hi = jnp.full_like(lo, jnp.inf)
   it32 = jnp.array(0)
   if dtype == jnp.float64 and logp.shape[-1] >= _PRESOLVE_MIN_V:
     lam0, it32 = _presolve32(logp, reward, lam0, lo, hi, prep, target, spread, active)
 
   def evaluate(lam):
-    c, k3 = _cumulants_block(logp, reward, lam, prep, gap=True, entropy=False, third=True)
-    return _residual(c.kl, c.kl_gap, c.var, lam, target, tiny) + (c.mean, c.kl, c.var, k3)
+    c, k3, mean_gap = _cumulants_block(logp, reward, lam, prep, gap=True, entropy=False, third=True)
+    return _residual(c.kl, c.kl_gap, c.var, lam, target, tiny) + (c.mean, c.kl, c.var, k3, mean_gap)
 
   def finish(lam, ev):
     """The root of the quadratic Taylor model of ``K`` at ``lam``, and a bound on its error."""
-    g, dg, mean, kl, var, k3 = ev
+    g, dg, mean, kl, var, k3, mean_gap = ev
     dk, d2k = lam * var, var + lam * k3                 # K', K''
     h = (d - kl) / dk
     for _ in range(2):
@@ -564,7 +592,8 @@ def _solve(logp, reward, delta, prep: _Prep, active):
     err = (2 * jnp.abs(k3) + jnp.maximum(lam, 1.0) * var * spread ** 2) * jnp.abs(h) ** 3 / 6
     err = err + 0.5 * jnp.abs(d2k * (h_last * h_last - h * h))
     ok = jnp.isfinite(h) & (err <= 0.1 * tol * jnp.minimum(d, dmax - d))
-    return h, ok, (mean + var * h + 0.5 * k3 * h * h, kl + dk * h + 0.5 * d2k * h * h)
+    dmean = var * h + 0.5 * k3 * h * h
+    return h, ok, (mean + dmean, kl + dk * h + 0.5 * d2k * h * h, mean_gap + dmean)
 
   def going(lam, ev):
     return active & (jnp.abs(ev[0]) > tol) & ~finish(lam, ev)[1]
@@ -580,24 +609,27 @@ def _solve(logp, reward, delta, prep: _Prep, active):
 
   lam, _, _, ev, it = lax.while_loop(cond, body, (lam0, lo, hi, evaluate(lam0), jnp.array(0)))
   # The last step without a pass where the Taylor model is exact to the tolerance.
-  h, ok, (mean, kl) = finish(lam, ev)
+  h, ok, (mean, kl, mean_gap) = finish(lam, ev)
   step = active & (jnp.abs(ev[0]) > tol) & ok
-  return jnp.where(step, lam + h, lam), it + 1 + it32, jnp.where(step, mean, ev[2]), jnp.where(step, kl, ev[3])
+  return (jnp.where(step, lam + h, lam), it + 1 + it32, jnp.where(step, mean, ev[2]), jnp.where(step, kl, ev[3]),
+          jnp.where(step, mean_gap, ev[6]))
 
 
 @jax.custom_jvp
 def _root(logp, reward, delta, saturated, prep):
   """``lam`` with ``K(lam) = delta`` (0 where ``delta = 0`` or the row is saturated), the solve's
-  passes, and ``A'(lam)``, ``K(lam)`` from the solver's last pass."""
+  passes, and ``A'(lam)``, ``K(lam)`` and ``A'(lam) - r_max`` from the solver's last pass. The
+  last is for a rounding correction only (:func:`_log_policy`) and carries no derivative."""
   active = (~saturated) & (delta > 0)
-  lam, it, mean, kl = _solve(logp, reward, delta, prep, active)
-  return jnp.where(active, lam, 0.0), it, jnp.where(active, mean, prep.mu), jnp.where(active, kl, 0.0)
+  lam, it, mean, kl, mean_gap = _solve(logp, reward, delta, prep, active)
+  return (jnp.where(active, lam, 0.0), it, jnp.where(active, mean, prep.mu), jnp.where(active, kl, 0.0),
+          jnp.where(active, mean_gap, prep.mu - prep.r_max))
 
 
 def _root_jvp(primals, tangents):
   logp, reward, delta, saturated, prep = primals
   dlogp, dreward, ddelta, _, dprep = tangents
-  lam, it, mean, kl = _root(*primals)
+  lam, it, mean, kl, mean_gap = _root(*primals)
   # Implicit function theorem: K(lam) = delta gives K'(lam) dlam = ddelta - dK|_lam.
   cum_of = lambda lp, r, pr: _cumulants(lp, r, lam, pr, entropy=False)
   zero = lambda t: isinstance(t, SymbolicZero)
@@ -612,8 +644,8 @@ def _root_jvp(primals, tangents):
   slope = lam * c.var                                   # K'(lam) = lam A''(lam)
   inv = jnp.where(slope > 0, 1 / jnp.where(slope > 0, slope, 1.0), 0.0)
   dlam = inv * ((0.0 if zero(ddelta) else ddelta) - dk)
-  return (lam, it, mean, kl), (dlam, jnp.zeros(it.shape, jax.dtypes.float0), dmean + c.var * dlam,
-                               dk + slope * dlam)
+  return (lam, it, mean, kl, mean_gap), (dlam, jnp.zeros(it.shape, jax.dtypes.float0), dmean + c.var * dlam,
+                                         dk + slope * dlam, jnp.zeros_like(mean_gap))
 
 
 _root.defjvp(_root_jvp, symbolic_zeros=True)
@@ -693,12 +725,13 @@ def _kl_constrained(where, logp, reward, delta) -> Constrained:
   def rows(logp, reward, delta):
     prep, total, probe = _solve_constants(logp, reward, delta)
     saturated = delta >= -prep.log_ps
-    lam, it, mean, kl = _root(logp, reward, delta, saturated, prep)
-    return (lam, jnp.broadcast_to(it, delta.shape), mean, kl, prep), total, probe
+    lam, it, mean, kl, mean_gap = _root(logp, reward, delta, saturated, prep)
+    return (lam, jnp.broadcast_to(it, delta.shape), mean, kl, mean_gap, prep), total, probe
 
   row, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, delta)
-  lam, it, mean, kl, prep = _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", row, total), probe)
-  return _constrained(logp, reward, delta, prep, lam, jnp.max(it, initial=0), mean, kl)
+  lam, it, mean, kl, mean_gap, prep = _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", row, total),
+                                                           probe)
+  return _constrained(logp, reward, delta, prep, lam, jnp.max(it, initial=0), mean, kl, mean_gap)
 
 
 def _solve_constants(logp, reward, delta):
@@ -713,11 +746,11 @@ def _solve_constants(logp, reward, delta):
                   logp, reward)
 
 
-def _constrained(logp, reward, delta, prep: _Prep, lam, it, mean, kl) -> Constrained:
-  """The solution from the root ``lam`` and ``A'(lam)``, ``K(lam)`` of each row."""
+def _constrained(logp, reward, delta, prep: _Prep, lam, it, mean, kl, mean_gap) -> Constrained:
+  """The solution from the root ``lam`` and ``A'(lam)``, ``K(lam)``, ``A'(lam) - r_max`` of each row."""
   dmax = -prep.log_ps
   saturated = delta >= dmax
-  log_tilt = _log_policy(logp, reward, lam, mean, kl)
+  log_tilt = _log_policy(logp, reward, lam, mean, kl, mean_gap, prep.r_max)
   # KL of the returned policy as computed, with the derivative of the identity K(lam(delta)) = delta.
   kl_tilt = delta + lax.stop_gradient(kl - delta)
 

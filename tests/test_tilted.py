@@ -131,6 +131,26 @@ def test_float32_phase_of_the_float64_solve(temperature, monkeypatch):
   np.testing.assert_allclose(lam_mixed[:-2], solve()[0][:-2], rtol=1e-12)
 
 
+def test_offset_and_scaled_rewards_give_the_same_solution():
+  """``r -> a r + c`` leaves the solution unchanged (``lam -> lam / a``), and the tilt with
+  ``beta -> a beta``. Rewards offset far from zero stress the one-pass variance behind the
+  starting point (float32 constants gave ``Var_p r = 0``, then ``lam = inf`` and a NaN policy),
+  the rounding of ``A'(lam)`` in the policy (``lam`` times it shifted every log-probability by
+  up to 1e-8) and ``r / beta`` in the tilt."""
+  logp, r = problems.random_problem(jax.random.PRNGKey(11), 5, 5000, ties=2, zero_mass=5)   # r on a grid of 1/2
+  deltas = T.max_kl(logp, r) * jnp.array([0.2, 0.5, 0.9, 0.999, 1 - 1e-9])
+  assert np.all(np.asarray(deltas) > 0.125)   # float32 constants (see the test below)
+  base = T.kl_constrained(logp, r, deltas)
+  for a, c in [(1.0, 1e4), (2.0 ** -10, -5e3)]:
+    shifted = a * r + c
+    np.testing.assert_array_equal((shifted - c) / a, r)   # the same problem, exactly
+    sol = T.kl_constrained(logp, shifted, deltas)
+    np.testing.assert_allclose(sol.lam * a, base.lam, rtol=1e-9)
+    np.testing.assert_allclose(sol.log_policy, base.log_policy, rtol=0, atol=1e-9)
+    assert np.all(np.abs(D.kl(sol.log_policy, logp) - deltas) <= 1e-10 * np.maximum(1.0, deltas))
+    np.testing.assert_allclose(T.tilt(logp, shifted, a * base.beta), T.tilt(logp, r, base.beta), rtol=0, atol=1e-9)
+
+
 def test_float32_constants_give_the_float64_solution(monkeypatch):
   """Where every budget exceeds 1/8 (float64, V >= 4096) the constants of ``kl_constrained`` are
   summed in float32 and ``log p(S*)`` comes from the maximisers (``_solve_constants``): the
