@@ -5,18 +5,21 @@ from klrl import cli
 from klrl.report import Check, Section, write_report
 
 
-def test_klrl_run_writes_results_figures_and_report(tmp_path):
+def test_klrl_run_writes_results_figures_and_report(tmp_path, monkeypatch):
+  """Into a relative directory, as the README's `klrl run` does: the figures must still be found."""
+  monkeypatch.chdir(tmp_path)
   cfg = tmp_path / "small.toml"
   cfg.write_text("[tilted]\ninstances = 24\nvocab = 8\nfrontier_points = 12\n")
-  out = tmp_path / "run"
-  assert cli.main(["run", "--config", str(cfg), "--sections", "tilted", "--out", str(out), "--quiet"]) == 0
+  assert cli.main(["run", "--config", str(cfg), "--sections", "tilted", "--out", "runs/rel", "--quiet"]) == 0
+  out = tmp_path / "runs" / "rel"
   rows = list(csv.DictReader(open(out / "results.csv")))
   assert rows and all(r["passed"] == "True" for r in rows)
   assert {"gibbs", "constraint", "primal = dual", "closeness"} <= {r["check"] for r in rows}
   assert (out / "figures" / "tilted_frontier.png").stat().st_size > 10_000
   text = (out / "report.md").read_text()
-  assert "checks pass" in text and "tilted_frontier.png" in text
+  assert "checks pass" in text and "](figures/tilted_frontier.png)" in text
   assert (out / "tilted_frontier.csv").exists()
+  assert "data:image/png;base64," in (out / "report.html").read_text()
 
 
 def test_unknown_section_and_missing_config_are_refused(tmp_path, capsys):
@@ -29,14 +32,3 @@ def test_failed_check_is_reported(tmp_path):
   sec = Section("x", "X", checks=[Check("a", "a|b", 1.0, 0.1, 3), Check("b", "ok", float("nan"), 1.0, 3)])
   text = write_report(tmp_path, [sec], "# t").read_text()
   assert "0 of 2 checks pass" in text and "**FAIL**" in text and "a\\|b" in text
-
-
-def test_relative_run_directory(tmp_path, monkeypatch):
-  """The README's `klrl run` writes to a relative directory: figures must still be found."""
-  monkeypatch.chdir(tmp_path)
-  cfg = tmp_path / "small.toml"
-  cfg.write_text("[tilted]\ninstances = 8\nvocab = 6\nfrontier_points = 8\n")
-  assert cli.main(["run", "--config", str(cfg), "--sections", "tilted", "--out", "runs/rel", "--quiet"]) == 0
-  html = (tmp_path / "runs" / "rel" / "report.html").read_text()
-  assert "data:image/png;base64," in html
-  assert "](figures/tilted_frontier.png)" in (tmp_path / "runs" / "rel" / "report.md").read_text()
