@@ -256,8 +256,11 @@ def kernel(log_ref_kernel: Float[Array, "... m m"], reward: Float[Array, "... m 
   dtype = jnp.result_type(logp, reward, beta)
   shape = batch + (m, m)
   beta = jnp.broadcast_to(beta.astype(dtype)[..., None, None], batch + (1, 1))
-  lw = jnp.broadcast_to(logp, shape).astype(dtype) + jnp.broadcast_to(reward, shape).astype(dtype) / beta
-  return log_normalize(lw)
+  reward = jnp.broadcast_to(reward, shape).astype(dtype)
+  # Centred per row (which the normalisation undoes): r / beta would round the rewards'
+  # differences away for rewards offset far from zero and a small beta.
+  reward = reward - jnp.max(reward, axis=-1, keepdims=True)
+  return log_normalize(jnp.broadcast_to(logp, shape).astype(dtype) + reward / beta)
 
 
 @_checks.public
@@ -1125,7 +1128,8 @@ def sparse_chain(neighbors: Int[Array, "m k"], log_joint: Float[Array, "... m k"
   batch = _batch(where, "beta", beta.shape, lw.shape[:-2], phi.shape[:-1], beta.shape)
   dtype = jnp.result_type(lw, phi, beta)
   beta = jnp.broadcast_to(beta, batch).astype(dtype)
-  phi = jnp.broadcast_to(phi, batch + (m,)).astype(dtype) / beta[..., None]
+  phi = jnp.broadcast_to(phi, batch + (m,)).astype(dtype)
+  phi = (phi - jnp.max(phi, axis=-1, keepdims=True)) / beta[..., None]   # centred, as in kernel
   tilted = jnp.broadcast_to(lw, batch + lw.shape[-2:]).astype(dtype) + phi[..., neighbors]
   v = logsumexp(tilted, axis=-1) + phi
   return SparseChain(log_normalize(tilted), log_normalize(v))

@@ -353,3 +353,21 @@ def test_reference_violation_kolmogorov_cycles_are_predicted(seed):
     np.testing.assert_allclose(C.detailed_balance(logk, v).residual, ref + 2 * b / beta, atol=1e-11)
     fluxes.append(float(C.detailed_balance(logk).flux))
   assert fluxes[0] < 1e-15 and np.all(np.diff(fluxes) > 0)
+
+
+def test_offset_and_scaled_rewards_give_the_same_chain():
+  """``r -> a r + c`` with ``beta -> a beta`` leaves the tilted kernel, and the sparse chain's
+  kernel and stationary law, unchanged. Uncentred, ``r / beta`` rounded the rewards'
+  differences away for rewards offset far from zero (1e-8 in ``log K`` at ``a = 2^-10``,
+  ``c = -5e3``)."""
+  k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
+  logp = jax.nn.log_softmax(jax.random.normal(k1, (12, 12)), -1)
+  r = jnp.round(2 * jax.random.normal(k2, (12, 12))) / 2      # on a grid of 1/2: a r + c is exact
+  sj = C.random_sparse_joint(k3, 64)
+  phi = jnp.round(2 * jax.random.normal(k4, (64,))) / 2
+  beta = 0.05
+  base = C.kernel(logp, r, beta), C.sparse_chain(sj.neighbors, sj.log_joint, phi, beta)
+  for a, c in [(1.0, 1e4), (2.0 ** -10, -5e3)]:
+    got = C.kernel(logp, a * r + c, a * beta), C.sparse_chain(sj.neighbors, sj.log_joint, a * phi + c, a * beta)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(base)):
+      np.testing.assert_allclose(x, y, rtol=0, atol=1e-12)
