@@ -341,7 +341,8 @@ def _cumulants(logp, reward, lam, prep: _Prep, gap: bool = False, entropy: bool 
 
 
 def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool, entropy: bool = True, third: bool = False):
-  """:class:`Cumulants` at ``lam``; with ``third``, also the third cumulant ``A'''(lam)``."""
+  """:class:`Cumulants` at ``lam``; with ``third`` (for the solver), also the third cumulant
+  ``A'''(lam)`` and ``A'(lam) - r_max`` (unrounded where the sums are centred at ``r_max``)."""
   small = lam * (prep.r_max - prep.r_min) <= 1.0
   ones = jnp.ones_like(lam)
   safe_small = jnp.where(small, lam, 0.0)      # each branch sees only values it handles well
