@@ -237,7 +237,7 @@ def _constants_block32(logp, reward):
   mu, var = _moments(p, reward, s, r_max, r_min, acc)
   # A single maximiser (the usual case) gives log p(S*) without a sum.
   is_top = reward == r_max[..., None]
-  count = jnp.sum(is_top, axis=-1)
+  count = jnp.sum(is_top, axis=-1, dtype=jnp.float32)   # exact to 2^24; a larger count is not 1 either
   l_top = jnp.max(jnp.where(is_top, logp, -jnp.inf), axis=-1)
   log_ps = lax.cond(jnp.all(count == 1), lambda _: l_top, lambda _: _log_top_mass(logp, is_top), None)
   probe = jnp.sum(0.0 * reward, axis=-1)
