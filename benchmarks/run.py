@@ -33,6 +33,8 @@ def main(argv=None):
   load0 = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
   info, bw = harness.machine(), harness.copy_bandwidth()
   info["malloc"] = "freed buffers kept (mallopt)" if reuse else "system default"
+  if os.environ.get("GLIBC_TUNABLES"):   # e.g. glibc.malloc.hugetlb=1, set before Python started
+    info["malloc"] += f", GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
   bandwidth = bw.get("device_copy_GBps", bw["host_copy_GBps"])
   print("machine:", info)
   print("copy bandwidth (GB/s, read + write):", {k: round(v, 1) for k, v in bw.items()})
