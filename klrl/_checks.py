@@ -64,6 +64,7 @@ def public(fn=None, *, static: tuple[str, ...] = ()):
   def wrapper(*args, **kwargs):
     args = tuple(a if n in static else _as_array(where, n, a) for n, a in zip(names, args))
     kwargs = {k: v if k in static else _as_array(where, k, v) for k, v in kwargs.items()}
+    args, kwargs = _vary_alike((args, kwargs))
     try:
       return jitted(*args, **kwargs)
     except (eqx.EquinoxRuntimeError, eqx.EquinoxTracetimeError) as e:
@@ -71,6 +72,35 @@ def public(fn=None, *, static: tuple[str, ...] = ()):
 
   wrapper.__wrapped__ = fn
   return wrapper
+
+
+def _varying(x) -> frozenset:
+  """The ``shard_map`` mesh axes over which the array ``x`` varies (empty outside one)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "mat", None)                  # jax >= 0.9; earlier ``aval.vma``
+  return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
+
+
+def _vary_alike(tree):
+  """Inside ``jax.shard_map``, every array of ``tree`` made to vary over the mesh axes that any
+  of them varies over (no data moved); elsewhere ``tree`` unchanged.
+
+  A loop started from a replicated argument (a shared initial law, a target set) and stepped
+  with a sharded one (the kernels) would otherwise change type across one iteration, which
+  ``shard_map`` rejects at trace time.
+  """
+  arrays = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+  axes = frozenset().union(*map(_varying, arrays))
+  if not axes:
+    return tree
+  pcast = getattr(jax.lax, "pcast", None)
+  vary = (lambda x, a: pcast(x, a, to="varying")) if pcast else jax.lax.pvary
+
+  def cast(x):
+    missing = axes - _varying(x) if isinstance(x, jax.Array) else None
+    return vary(x, tuple(sorted(missing))) if missing else x
+
+  return jax.tree.map(cast, tree)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,21 +164,23 @@ def integer(where: str, name: str, x, low: int) -> int:
 def _tie(x, bad, msgs, index=0):
   """Returns the pytree ``x`` tied to a run-time check that raises ``msgs[index]`` where ``bad``.
 
-  Floating arrays are tied through a zero subtracted from them (``x - 0`` is ``x`` bit for bit,
-  ``-0.0`` included): an array passed through the check itself (a conditional) is copied whole
-  by XLA, which for a ``B x V`` input costs more than the check. Other leaves (masks, indices)
-  pass through the check.
+  Every leaf is tied through a zero from the check, subtracted from it (``x - 0`` is ``x`` bit
+  for bit, ``-0.0`` included; a mask is tied by ``x != False``): an array passed through the
+  check itself (a conditional) is copied whole by XLA, which for a ``B x V`` input costs more
+  than the check, and under ``shard_map`` the conditional's branches would differ in how their
+  outputs vary over the mesh.
   """
   msgs = (msgs,) if isinstance(msgs, str) else tuple(msgs)
   leaves, tree = jax.tree.flatten(x)
-  floats = [jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves]
-  if any(floats):
-    zero = eqx.branched_error_if(jnp.zeros((), jnp.float32), bad, index, msgs)
-    leaves = [leaf - zero.astype(jnp.result_type(leaf)) if f else leaf for leaf, f in zip(leaves, floats)]
-  if not all(floats):
-    rest = eqx.branched_error_if([leaf for leaf, f in zip(leaves, floats) if not f], bad, index, msgs)
-    leaves = [leaf if f else rest.pop(0) for leaf, f in zip(leaves, floats)]
-  return jax.tree.unflatten(tree, leaves)
+  if not leaves:
+    return x
+  zero = eqx.branched_error_if(jnp.zeros((), jnp.float32), bad, index, msgs)
+
+  def tie(leaf):
+    dtype = jnp.result_type(leaf)
+    return leaf != (zero != 0) if dtype == jnp.bool_ else leaf - zero.astype(dtype)
+
+  return jax.tree.unflatten(tree, [tie(leaf) for leaf in leaves])
 
 
 def _tol(dtype) -> float:

@@ -551,8 +551,9 @@ def _gth(k):
   # columns; a triangular solve that only adds nonnegative terms.
   u = jnp.where((idx[:, None] < idx[None, :]) & (idx[None, :] > start), a, 0.0)
   x = jax.scipy.linalg.solve_triangular(jnp.eye(m, dtype=k.dtype) - u.T, (idx == start).astype(k.dtype), lower=True)
-  unique = lax.cond(start == 0, lambda: jnp.array(True),
-                    lambda: jnp.all(_reach((k > 0).astype(k.dtype), idx == start, jnp.ones(m, bool))))
+  # Unique when no pivot vanished, else when every state reaches the last one that did (no
+  # search when start = 0; a lax.cond here fails under vmap inside shard_map, jax 0.10).
+  unique = (start == 0) | jnp.all(_reach((k > 0).astype(k.dtype), idx == start, jnp.ones(m, bool), start > 0))
   return x / jnp.sum(x), unique
 
 
@@ -753,14 +754,16 @@ def drift(log_kernel: Float[Array, "... m m"], potential: Float[Array, "... m"] 
 # ---------------------------------------------------------------------------------------------
 # Hitting times.
 
-def _reach(support, start, allowed):
-  """States of ``allowed`` (plus ``start``) that reach ``start`` through ``allowed`` states."""
+def _reach(support, start, allowed, search=True):
+  """States of ``allowed`` (plus ``start``) that reach ``start`` through ``allowed`` states
+  (``start`` alone where ``search`` is False)."""
   def body(carry):
     r, _ = carry
     new = r | (allowed & ((support @ r.astype(support.dtype)) > 0))
     return new, jnp.any(new != r)
 
-  return lax.while_loop(lambda c: c[1], body, (start, jnp.array(True)))[0]
+  # The flag is derived from ``start`` so that it varies over a ``shard_map`` mesh as ``start`` does.
+  return lax.while_loop(lambda c: c[1], body, (start, jnp.any(start | True) & search))[0]
 
 
 def _restricted(k, free):
