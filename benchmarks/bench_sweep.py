@@ -3,11 +3,14 @@
 The sweep (``tilted.frontier`` on random instances, budgets relative to ``Δ_max``) runs 10^4
 grid points at V = 2^14 (``--quick``: 512 points at V = 2^10) through :func:`klrl.sweep.engine.run`
 into a fresh results directory: chunking, sharding, CSV and log writes, manifests. The
-baseline, measured in the same process, calls the same compiled ``jit(vmap(experiment))``
+baseline, measured in the same process, calls the same compiled ``jit(shard_map(vmap(experiment)))``
 directly on the same chunks (inputs built and put on the devices, every chunk dispatched, all
 outputs fetched to the host): the sweep's overhead is ``sweep / direct - 1`` (target < 10%).
 The same measurement runs again in a subprocess with 8 simulated CPU devices
-(``--xla_force_host_platform_device_count=8``), each chunk sharded over them.
+(``--xla_force_host_platform_device_count=8``), each chunk sharded over them. Both also time,
+alternated with that direct loop, ``jit(vmap(experiment))`` on the same sharded inputs, split
+by the compiler's partitioner alone (``shard_map_vs_partitioner``: its time over the direct
+loop's; the partitioner synchronises the devices at every solver iteration).
 
 Bytes moved are a model, not a count: each solver pass reads the reference and the reward
 (2 V floats per point), and a point takes its Newton iterations plus 3 passes.
@@ -68,22 +71,32 @@ def measure(log2v: int, seeds: int, deltas: int, chunk: int, repeats: int) -> di
   devices = tuple(jax.local_devices())
   batches = engine._batches(chunks, cfg, len(devices))
 
-  def direct():
+  partitioned = {}
+
+  def direct(per_device=True):
     outs = []
     for c in chunks:
       key = engine._static(cfg, c)
       f, sharding = engine.kernel(cfg.experiment, key, cfg.precision, devices)
+      if not per_device:   # the same vmap, split by the compiler's partitioner alone
+        if key not in partitioned:
+          partitioned[key] = jax.jit(jax.vmap(engine.point_fn(cfg.experiment, key, cfg.precision)),
+                                     in_shardings=sharding, out_shardings=sharding)
+        f = partitioned[key]
       outs.append(f(jax.device_put(engine.inputs(cfg, g, c, batches[key]), sharding)))
     return [{k: np.asarray(v) for k, v in o.items()} for o in outs]
 
-  direct()
-  loop = []
-  for _ in range(max(repeats, 3)):
-    t = time.perf_counter()
-    direct()
-    loop.append(time.perf_counter() - t)
+  times = {True: [], False: []}
+  for per_device in times:
+    direct(per_device)
+  for _ in range(max(repeats, 3)):   # alternated
+    for per_device, ts in times.items():
+      t = time.perf_counter()
+      direct(per_device)
+      ts.append(time.perf_counter() - t)
   return dict(points=g.size, chunks=len(chunks), devices=len(devices), compile_s=compile_s,
-              sweep_s=float(np.median(sweep)), direct_s=float(np.median(loop)), iterations=float(iterations))
+              sweep_s=float(np.median(sweep)), direct_s=float(np.median(times[True])),
+              partitioned_s=float(np.median(times[False])), iterations=float(iterations))
 
 
 def _row(m: dict, log2v: int, label: str) -> Row:
@@ -91,9 +104,9 @@ def _row(m: dict, log2v: int, label: str) -> Row:
   nbytes = m["points"] * 2 * v * 8 * (m["iterations"] + 3)
   extra = dict(points_per_s=m["points"] / m["sweep_s"], direct_points_per_s=m["points"] / m["direct_s"],
                overhead_pct=100 * (m["sweep_s"] / m["direct_s"] - 1), chunks=m["chunks"], devices=m["devices"],
-               newton=m["iterations"])
+               newton=m["iterations"], shard_map_vs_partitioner=m["partitioned_s"] / m["direct_s"])
   return Row("sweep", f"tilted.frontier sweep, {label}", f"{m['points']} pts x 2^{log2v}", m["compile_s"], m["sweep_s"],
-             "direct jit(vmap) loop", m["direct_s"], nbytes, extra)
+             "direct jit(shard_map(vmap)) loop", m["direct_s"], nbytes, extra)
 
 
 def run(args):

@@ -64,7 +64,7 @@ def public(fn=None, *, static: tuple[str, ...] = ()):
   def wrapper(*args, **kwargs):
     args = tuple(a if n in static else _as_array(where, n, a) for n, a in zip(names, args))
     kwargs = {k: v if k in static else _as_array(where, k, v) for k, v in kwargs.items()}
-    args, kwargs = _vary_alike((args, kwargs))
+    args, kwargs = vary_alike((args, kwargs))
     try:
       return jitted(*args, **kwargs)
     except (eqx.EquinoxRuntimeError, eqx.EquinoxTracetimeError) as e:
@@ -81,15 +81,16 @@ def _varying(x) -> frozenset:
   return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
 
 
-def _vary_alike(tree):
+def vary_alike(tree, like=()):
   """Inside ``jax.shard_map``, every array of ``tree`` made to vary over the mesh axes that any
-  of them varies over (no data moved); elsewhere ``tree`` unchanged.
+  array of ``tree`` or ``like`` varies over (no data moved); elsewhere ``tree`` unchanged.
 
-  A loop started from a replicated argument (a shared initial law, a target set) and stepped
-  with a sharded one (the kernels) would otherwise change type across one iteration, which
-  ``shard_map`` rejects at trace time.
+  A loop started from a constant or a replicated argument (a shared initial law, a target set)
+  and stepped with a sharded one (the kernels) would otherwise change type across one
+  iteration, which ``shard_map`` rejects at trace time: loops start from ``vary_alike(init,
+  data)``.
   """
-  arrays = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+  arrays = [x for x in jax.tree.leaves((tree, like)) if isinstance(x, jax.Array)]
   axes = frozenset().union(*map(_varying, arrays))
   if not axes:
     return tree

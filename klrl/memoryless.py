@@ -51,7 +51,6 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -603,7 +602,8 @@ def _window(levels: int, n_max: int, total: int) -> int:
 
 def _gcd(d, mask):
   """Greatest common divisor of the integers ``d`` where ``mask`` holds (1 if none)."""
-  g = lax.fori_loop(0, d.shape[-1], lambda i, g: jnp.where(mask[i], jnp.gcd(g, d[i]), g), jnp.zeros((), d.dtype))
+  g0 = _checks.vary_alike(jnp.zeros((), d.dtype), (d, mask))
+  g = lax.fori_loop(0, d.shape[-1], lambda i, g: jnp.where(mask[i], jnp.gcd(g, d[i]), g), g0)
   return jnp.maximum(g, 1)
 
 
@@ -723,7 +723,7 @@ def _tilted_law(log_mass, n, tilts: _Grid, sup: _Support, base, buf: int, window
     return (best_score, best_val), None
 
   init = (jnp.full(buf + 2 * window, -jnp.inf, dtype), jnp.full(buf + 2 * window, -jnp.inf, dtype))
-  (score, value), _ = lax.scan(one, init, tuple(tilts))
+  (score, value), _ = lax.scan(one, _checks.vary_alike(init, (log_mass, tilts)), tuple(tilts))
   score, value = score[window:window + buf], value[window:window + buf]
   s = base + jnp.arange(buf, dtype=jnp.int32)
   valid = (s >= lo) & (s <= hi) & (jnp.mod(s - lo, sup.span) == 0) & (score > resolved)
@@ -879,11 +879,10 @@ def _bon_plan(log_mass, offset, span, scale, delta, n, tilts, size) -> _Plan:
   length = log_mass.shape[-1]
   delta = _checks.nonnegative(where, "delta", _checks.floating(where, "delta", delta)).astype(dtype)
   n = _checks.floating(where, "n", n).astype(dtype)
-  n = eqx.error_if(n, ~((n >= 1) & (n == jnp.round(n))).all(), f"{where}: argument 'n' must be an integer >= 1")
+  n = _checks.holds(where, "n", n, (n >= 1) & (n == jnp.round(n)), "must be an integer >= 1")
   if size is not None:
-    n = eqx.error_if(n, (n * (length - 1) + 1 > size).any(),
-                     f"{where}: argument 'n' is too large for argument 'size' = {size} (n (L-1) + 1 <= size, "
-                     f"L = {length} lattice points)")
+    n = _checks.holds(where, "n", n, n * (length - 1) + 1 <= size,
+                      f"is too large for argument 'size' = {size} (n (L-1) + 1 <= size, L = {length} lattice points)")
   try:
     batch = jnp.broadcast_shapes(log_mass.shape[:-1], delta.shape, n.shape)
   except ValueError:

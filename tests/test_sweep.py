@@ -305,6 +305,48 @@ def test_8_devices_give_the_same_rows_as_one(frontier_run, tmp_path):
   assert len(run["devices"]) == 8
 
 
+PER_DEVICE = """
+import json, re, sys
+import jax, numpy as np
+from klrl.sweep import EXPERIMENTS, config, engine, grid
+jax.config.update("jax_enable_x64", True)
+report = {}
+for path in sys.argv[1:]:
+  cfg = config.load(path)
+  g = grid.expand(cfg)
+  c = grid.plan(cfg, g)[0]
+  c = c._replace(points=c.points[:4])             # two points per device
+  key = engine._static(cfg, c)
+  f, sharding = engine.kernel(cfg.experiment, key, cfg.precision, tuple(jax.local_devices()))
+  x = engine.inputs(cfg, g, c, 4)
+  hlo = f.lower(jax.device_put(x, sharding)).compile().as_text()
+  out = f(jax.device_put(x, sharding))
+  point = jax.jit(engine.point_fn(cfg.experiment, key, cfg.precision))
+  alone = [point({k: v[i] for k, v in x.items()}) for i in range(4)]   # each point by itself
+  differ = sorted({k for i, a in enumerate(alone) for k in a
+                   if not np.allclose(np.asarray(out[k])[i], a[k], rtol=1e-10, atol=1e-13)})
+  report[cfg.experiment] = dict(collectives=re.findall(r"all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter", hlo),
+                                differ=differ, outputs=sorted(out) == sorted(EXPERIMENTS[cfg.experiment].outputs))
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_every_experiment_runs_on_each_device_without_collectives(tmp_path):
+  """The sweep kernel (``shard_map``) of each registered experiment, over 2 simulated devices: no
+  collective operation in the compiled program (left to the partitioner, ``jit(vmap)`` has some
+  in every experiment), and each point's results those of the experiment evaluated on it alone."""
+  configs = {config.load(p).experiment: str(p) for p in sorted((ROOT / "configs" / "sweeps").glob("*.toml"))
+             if "large" not in p.name}
+  assert sorted(configs) == sorted(EXPERIMENTS)
+  r = subprocess.run([sys.executable, "-c", PER_DEVICE, *configs.values()], env=dict(ENV, XLA_FLAGS=devices(2)),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  report = json.loads(r.stdout.split("REPORT ", 1)[1])
+  assert sorted(report) == sorted(EXPERIMENTS)
+  for name, rep in report.items():
+    assert rep["collectives"] == [] and rep["outputs"] and rep["differ"] == [], (name, rep)
+
+
 def free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))

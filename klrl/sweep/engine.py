@@ -1,8 +1,12 @@
-"""Runs a sweep: chunks of grid points through ``jit(vmap(experiment))``, sharded over devices.
+"""Runs a sweep: chunks of grid points through ``jit(shard_map(vmap(experiment)))`` over devices.
 
 Within a process, each chunk's batch axis is split over all local devices with a
 :class:`jax.sharding.Mesh` and a :class:`~jax.sharding.NamedSharding` (the chunk is padded to a
-multiple of the device count; padded points repeat a real one and are dropped). One kernel is
+multiple of the device count; padded points repeat a real one and are dropped), and
+:func:`jax.shard_map` runs the vmapped experiment on each device's points independently: no
+collective operations. (Left to the compiler's partitioner, ``jit(vmap(experiment))`` would
+synchronise the devices at every iteration of a solver's loop, whose condition asks whether any
+point of the batch is still moving.) One kernel is
 compiled per combination of static parameters, for one batch size, and reused by every chunk
 of that group. The next chunk is dispatched before the previous one is written, so the host
 formats and writes results while the devices compute.
@@ -40,7 +44,7 @@ from klrl.sweep.experiments import EXPERIMENTS
 from klrl.sweep.grid import Chunk, Grid, expand, plan
 from klrl.sweep.progress import Progress, duration
 
-__all__ = ["Summary", "ChunkFailed", "sweep", "run", "kernel", "inputs", "distributed_settings", "describe"]
+__all__ = ["Summary", "ChunkFailed", "sweep", "run", "kernel", "point_fn", "inputs", "distributed_settings", "describe"]
 
 _ENV = dict(coordinator_address="JAX_COORDINATOR_ADDRESS", num_processes="JAX_NUM_PROCESSES",
             process_id="JAX_PROCESS_ID")
@@ -96,21 +100,29 @@ def versions() -> dict[str, str]:
   return out
 
 
+def point_fn(name: str, static: tuple[tuple[str, Any], ...], precision: str):
+  """The experiment ``name`` as a function of one grid point's traced parameters."""
+  exp = EXPERIMENTS[name]
+  dtype, fixed = jnp.dtype(precision), dict(static)
+
+  def point(traced):
+    out = exp.fn({**fixed, **traced}, dtype)
+    if set(out) != set(exp.outputs):
+      raise TypeError(f"experiment {name} returned outputs {sorted(out)}, declared {list(exp.outputs)}")
+    return {k: jnp.asarray(out[k]) for k in exp.outputs}
+
+  return point
+
+
 def kernel(name: str, static: tuple[tuple[str, Any], ...], precision: str, devices: tuple) -> tuple[Any, NamedSharding]:
-  """The compiled ``jit(vmap(experiment))`` of one group, and the sharding of its inputs."""
+  """The compiled ``jit(shard_map(vmap(experiment)))`` of one group, and the sharding of its inputs."""
   key = (name, static, precision, devices)
   if key not in _KERNELS:
-    exp = EXPERIMENTS[name]
-    dtype, fixed = jnp.dtype(precision), dict(static)
-
-    def point(traced):
-      out = exp.fn({**fixed, **traced}, dtype)
-      if set(out) != set(exp.outputs):
-        raise TypeError(f"experiment {name} returned outputs {sorted(out)}, declared {list(exp.outputs)}")
-      return {k: jnp.asarray(out[k]) for k in exp.outputs}
-
-    sharding = NamedSharding(Mesh(np.asarray(devices), ("points",)), PartitionSpec("points"))
-    _KERNELS[key] = jax.jit(jax.vmap(point), in_shardings=sharding, out_shardings=sharding), sharding
+    mesh = Mesh(np.asarray(devices), ("points",))
+    sharding = NamedSharding(mesh, PartitionSpec("points"))
+    per_device = jax.shard_map(jax.vmap(point_fn(name, static, precision)), mesh=mesh,
+                               in_specs=PartitionSpec("points"), out_specs=PartitionSpec("points"))
+    _KERNELS[key] = jax.jit(per_device, in_shardings=sharding, out_shardings=sharding), sharding
   return _KERNELS[key]
 
 
