@@ -762,8 +762,7 @@ def _reach(support, start, allowed, search=True):
     new = r | (allowed & ((support @ r.astype(support.dtype)) > 0))
     return new, jnp.any(new != r)
 
-  # The flag is derived from ``start`` so that it varies over a ``shard_map`` mesh as ``start`` does.
-  return lax.while_loop(lambda c: c[1], body, (start, jnp.any(start | True) & search))[0]
+  return lax.while_loop(lambda c: c[1], body, _checks.vary_alike((start, jnp.asarray(search)), support))[0]
 
 
 def _restricted(k, free):

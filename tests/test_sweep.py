@@ -308,7 +308,7 @@ def test_8_devices_give_the_same_rows_as_one(frontier_run, tmp_path):
 PER_DEVICE = """
 import json, re, sys
 import jax, numpy as np
-from klrl.sweep import EXPERIMENTS, config, engine, grid
+from klrl.sweep import config, engine, grid
 jax.config.update("jax_enable_x64", True)
 report = {}
 for path in sys.argv[1:]:
@@ -326,12 +326,12 @@ for path in sys.argv[1:]:
   differ = sorted({k for i, a in enumerate(alone) for k in a
                    if not np.allclose(np.asarray(out[k])[i], a[k], rtol=1e-10, atol=1e-13)})
   report[cfg.experiment] = dict(collectives=re.findall(r"all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter", hlo),
-                                differ=differ, outputs=sorted(out) == sorted(EXPERIMENTS[cfg.experiment].outputs))
+                                differ=differ)
 print("REPORT " + json.dumps(report))
 """
 
 
-def test_every_experiment_runs_on_each_device_without_collectives(tmp_path):
+def test_every_experiment_runs_on_each_device_without_collectives():
   """The sweep kernel (``shard_map``) of each registered experiment, over 2 simulated devices: no
   collective operation in the compiled program (left to the partitioner, ``jit(vmap)`` has some
   in every experiment), and each point's results those of the experiment evaluated on it alone."""
@@ -344,7 +344,7 @@ def test_every_experiment_runs_on_each_device_without_collectives(tmp_path):
   report = json.loads(r.stdout.split("REPORT ", 1)[1])
   assert sorted(report) == sorted(EXPERIMENTS)
   for name, rep in report.items():
-    assert rep["collectives"] == [] and rep["outputs"] and rep["differ"] == [], (name, rep)
+    assert rep["collectives"] == [] and rep["differ"] == [], (name, rep)
 
 
 def free_port():
