@@ -26,7 +26,8 @@ quadratic Taylor model of ``K`` when a bound on its remainder is below the toler
 saves the pass that would only confirm convergence. A solve takes 2 to 6 passes on typical
 problems. Where every budget exceeds 1/8 no iterate is in the small-``lam`` regime, and the
 pass before the solve (extremes of ``r``, moments of ``p`` for the starting point, ``p(S*)``)
-also sums in float32. Derivatives through the root are implicit (not unrolled).
+also sums in float32. On the CPU the sums centred at ``r_max`` come from one fused native loop
+(:func:`_power_sums`, :mod:`klrl._native`). Derivatives through the root are implicit (not unrolled).
 
 Accuracy (measured by ``tests/test_tilted.py`` and ``benchmarks/bench_tilted.py``): the KL of
 ``kl_constrained``'s policy matches ``delta`` to ``1e-10 max(1, delta)`` in float64 and to
@@ -46,7 +47,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
-from klrl import _checks, _rows
+from klrl import _checks, _native, _rows
 from klrl.divergences import _kl, expectation
 
 __all__ = [
@@ -305,28 +306,42 @@ def _sums_small(logp, reward, lam, prep, gap, entropy, third):
   return jnp.log1p(s0), s1 / z, s2 / z, e_lp, (jnp.zeros_like(lam) if gap else None), e_s3
 
 
+def _power_sums(logp, reward, l_max, r_max, lam, single=False):
+  """``sum t s^k`` for ``k = 0..3``, ``sum_{s < 0} t`` and ``sum t log p`` over each row, with
+  ``s = r - r_max`` and weights ``t = exp(log p - l_max + lam s) <= 1``. With ``single`` the
+  weights and products are float32 (summed in float32 but for a single row, see
+  :func:`_accumulator32`) and the last two sums are 0. One fused pass on the CPU
+  (:mod:`klrl._native`)."""
+  def xla(logp, reward, l_max, r_max, lam):
+    s = reward - r_max[..., None]
+    x = logp - l_max[..., None] + lam[..., None] * s
+    acc = _accumulator32(logp) if single else logp.dtype
+    if single:
+      x, s = x.astype(jnp.float32), s.astype(jnp.float32)
+    t = jnp.exp(x)
+    t1 = t * s
+    t2 = t1 * s
+    sums = [jnp.sum(y, axis=-1, dtype=acc).astype(logp.dtype) for y in (t, t1, t2, t2 * s)]
+    if single:
+      return (*sums, jnp.zeros_like(lam), jnp.zeros_like(lam))
+    return (*sums, jnp.sum(jnp.where(s < 0, t, 0.0), axis=-1), jnp.sum(t * _finite_logp(logp), axis=-1))
+
+  return _native.tilt_sums(xla, logp, reward, l_max, r_max, lam, single)
+
+
 def _sums_large(logp, reward, lam, prep, gap, entropy, third):
   """Sums for larger ``lam``: reward centred at ``r_max``, weights scaled by ``max p``."""
-  s = reward - prep.r_max[..., None]
-  t = jnp.exp(logp - prep.l_max[..., None] + lam[..., None] * s)
-  s0 = jnp.sum(t, axis=-1)
-  s1 = jnp.sum(t * s, axis=-1)
-  ts2 = t * s * s
-  s2 = jnp.sum(ts2, axis=-1)
-  e_lp = jnp.sum(t * _finite_logp(logp), axis=-1) / s0 if entropy else None
-  e_s3 = jnp.sum(ts2 * s, axis=-1) / s0 if third else None
+  s0, s1, s2, s3, s_neg, s_lp = _power_sums(logp, reward, prep.l_max, prep.r_max, lam)
+  e_lp = s_lp / s0 if entropy else None
+  e_s3 = s3 / s0 if third else None
   mean_c, logz_c = s1 / s0, prep.l_max + jnp.log(s0)
   rest = None
   if gap:
     # delta_max - K: by difference while that is at least a tenth of delta_max (a few ulps of
     # error); closer to saturation as log(1 + rest / p(S*)) - lam E_pi[s], both terms >= 0.
     direct = -prep.log_ps - (lam * mean_c - logz_c)
-
-    def from_rest(_):
-      s_rest = jnp.sum(jnp.where(s < 0, t, 0.0), axis=-1)
-      return jnp.log1p(s_rest / jnp.exp(prep.log_ps - prep.l_max)) - lam * mean_c
-
-    rest = lax.cond(jnp.all(direct >= -0.1 * prep.log_ps), lambda _: direct, from_rest, None)
+    rest = jnp.where(direct >= -0.1 * prep.log_ps, direct,
+                     jnp.log1p(s_neg / jnp.exp(prep.log_ps - prep.l_max)) - lam * mean_c)
   return logz_c, mean_c, s2 / s0, e_lp, rest, e_s3
 
 
@@ -514,14 +529,9 @@ def _presolve32(logp, reward, lam, lo, hi, prep: _Prep, target, spread, active):
   ``K`` has no cancellation), cheaper than float64 passes, to about float32's rounding level of
   ``G`` (``1e-6`` to ``1e-5``). From there one float64 pass usually finishes."""
   tiny = jnp.finfo(logp.dtype).tiny
-  s = reward - prep.r_max[..., None]
-  s32 = s.astype(jnp.float32)
-  acc = _accumulator32(logp)
 
   def evaluate(lam):
-    t = jnp.exp((logp - prep.l_max[..., None] + lam[..., None] * s).astype(jnp.float32))
-    t1 = t * s32
-    s0, s1, s2, s3 = (jnp.sum(x, axis=-1, dtype=acc).astype(lam.dtype) for x in (t, t1, t1 * s32, t1 * s32 * s32))
+    s0, s1, s2, s3 = _power_sums(logp, reward, prep.l_max, prep.r_max, lam, single=True)[:4]
     m = s1 / s0
     var = jnp.maximum(s2 / s0 - m * m, 0.0)
     k3 = s3 / s0 - 3 * m * var - m * m * m

@@ -29,11 +29,12 @@ def row_blocks(monkeypatch):
   """
   def check(fn, *args, rows_per_block, rtol=1e-13, atol=1e-15):
     whole = jax.jit(fn)(*args)
-    assert "platform_index" not in str(jax.make_jaxpr(fn)(*args))
+    # Native kernels choose their platform too (klrl._native); the blocks add a choice of their own.
+    choices = str(jax.make_jaxpr(fn)(*args)).count("platform_index")
     monkeypatch.setattr(_rows, "rows_per_block", lambda row_bytes: rows_per_block)
     jax.clear_caches()
     try:
-      assert "platform_index" in str(jax.make_jaxpr(fn)(*args))   # the CPU branch of klrl._rows
+      assert str(jax.make_jaxpr(fn)(*args)).count("platform_index") > choices   # the CPU branch of klrl._rows
       blocked = jax.jit(fn)(*args)
     finally:
       monkeypatch.undo()

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from klrl import _native
 from klrl.sweep import store
 from klrl.sweep.config import Config
 from klrl.sweep.experiments import EXPERIMENTS
@@ -97,6 +98,7 @@ def versions() -> dict[str, str]:
       out[pkg] = metadata.version(pkg)
     except metadata.PackageNotFoundError:
       pass
+  out["native_kernels"] = _native.status()   # results differ from XLA's at rounding level
   return out
 
 
