@@ -40,52 +40,50 @@ inline To Bits(From x) {
   return y;
 }
 
-// exp(x) for float64 to about 1 ulp: x = n ln2 + f with |f| <= ln2 / 2, the Taylor polynomial of
-// degree 12 for e^f (remainder < 2e-16 relative) and 2^n built in the exponent bits. Results
-// below the smallest normal number are 0 (as XLA's CPU code, which flushes subnormals to zero);
-// -inf gives 0, and x is clamped below overflow (the weights here are at most 1).
-inline double Exp64(double x) {
-  const bool under = !(x >= -708.0);            // also NaN
-  x = under ? -708.0 : (x > 709.0 ? 709.0 : x);
-  const double shifter = 0x1.8p52;              // adding it rounds to an integer in the low bits
-  const double k = x * 0x1.71547652b82fep0 + shifter;
-  const double n = k - shifter;
-  const double f = (x - n * 0x1.62e42fefa39efp-1) - n * 0x1.abc9e3b39803fp-56;
-  double p = 1.0 / 479001600.0;
-  p = p * f + 1.0 / 39916800.0;
-  p = p * f + 1.0 / 3628800.0;
-  p = p * f + 1.0 / 362880.0;
-  p = p * f + 1.0 / 40320.0;
-  p = p * f + 1.0 / 5040.0;
-  p = p * f + 1.0 / 720.0;
-  p = p * f + 1.0 / 120.0;
-  p = p * f + 1.0 / 24.0;
-  p = p * f + 1.0 / 6.0;
-  p = p * f + 0.5;
-  p = p * f + 1.0;
-  p = p * f + 1.0;
-  const int64_t e = Bits<int64_t>(k) - Bits<int64_t>(shifter) + 1023;
-  return under ? 0.0 : p * Bits<double>(e << 52);
-}
+// exp(x) = 2^n e^f with x = n ln2 + f, |f| <= ln2 / 2: e^f by its Taylor polynomial (of degree
+// 12 for float64, remainder below 2e-16 relative; 7 for float32) and 2^n built in the exponent
+// bits. Accurate to 2 units in the last place (float64) and 3 (float32), tested. Results below the
+// smallest normal number are 0 (as XLA's CPU code, which flushes subnormals to zero); -inf and
+// NaN give 0, and x is clamped below overflow (the weights here are at most 1).
+template <typename Float>
+struct ExpConstants;
 
-// exp(x) for float32 to about 2 ulp (degree 7); 0 below about 1.6e-38.
-inline float Exp32(float x) {
-  const bool under = !(x >= -87.0f);
-  x = under ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float shifter = 0x1.8p23f;
-  const float k = x * 0x1.715476p0f + shifter;
-  const float n = k - shifter;
-  const float f = (x - n * 0x1.62e4p-1f) - n * 0x1.7f7d1cp-20f;
-  float p = 1.0f / 5040.0f;
-  p = p * f + 1.0f / 720.0f;
-  p = p * f + 1.0f / 120.0f;
-  p = p * f + 1.0f / 24.0f;
-  p = p * f + 1.0f / 6.0f;
-  p = p * f + 0.5f;
-  p = p * f + 1.0f;
-  p = p * f + 1.0f;
-  const int32_t e = Bits<int32_t>(k) - Bits<int32_t>(shifter) + 127;
-  return under ? 0.0f : p * Bits<float>(e << 23);
+template <>
+struct ExpConstants<double> {
+  using Int = int64_t;
+  static constexpr double kLow = -708.0, kHigh = 709.0;
+  static constexpr double kShifter = 0x1.8p52;   // adding it rounds to an integer in the low bits
+  static constexpr double kLog2e = 0x1.71547652b82fep0, kLn2Hi = 0x1.62e42fefa39efp-1,
+                          kLn2Lo = 0x1.abc9e3b39803fp-56;
+  static constexpr int kDegree = 12, kBias = 1023, kMantissa = 52;
+};
+
+template <>
+struct ExpConstants<float> {
+  using Int = int32_t;
+  static constexpr float kLow = -87.0f, kHigh = 88.0f;
+  static constexpr float kShifter = 0x1.8p23f;
+  static constexpr float kLog2e = 0x1.715476p0f, kLn2Hi = 0x1.62e4p-1f, kLn2Lo = 0x1.7f7d1cp-20f;
+  static constexpr int kDegree = 7, kBias = 127, kMantissa = 23;
+};
+
+constexpr double kInverseFactorial[] = {1.0,          1.0,           1.0 / 2,         1.0 / 6,        1.0 / 24,
+                                        1.0 / 120,    1.0 / 720,     1.0 / 5040,      1.0 / 40320,    1.0 / 362880,
+                                        1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600};
+
+template <typename Float>
+inline Float Exp(Float x) {
+  using C = ExpConstants<Float>;
+  const bool under = !(x >= C::kLow);
+  x = under ? C::kLow : (x > C::kHigh ? C::kHigh : x);
+  const Float k = x * C::kLog2e + C::kShifter;
+  const Float n = k - C::kShifter;
+  const Float f = (x - n * C::kLn2Hi) - n * C::kLn2Lo;
+  Float p = static_cast<Float>(kInverseFactorial[C::kDegree]);
+  for (int d = C::kDegree - 1; d >= 0; --d) p = p * f + static_cast<Float>(kInverseFactorial[d]);
+  using Int = typename C::Int;
+  const Int e = Bits<Int>(k) - Bits<Int>(C::kShifter) + C::kBias;
+  return under ? Float(0) : p * Bits<Float>(static_cast<Int>(e << C::kMantissa));
 }
 
 KLRL_CLONES void Chunk64(const double* lp, const double* rw, int64_t n, double shift, double center, double lam,
@@ -94,7 +92,7 @@ KLRL_CLONES void Chunk64(const double* lp, const double* rw, int64_t n, double s
 #pragma omp simd reduction(+ : s0, s1, s2, s3, neg, slp)
   for (int64_t i = 0; i < n; ++i) {
     const double l = lp[i], s = rw[i] - center;
-    const double t = Exp64((l - shift) + lam * s);
+    const double t = Exp<double>((l - shift) + lam * s);
     const double t1 = t * s, t2 = t1 * s;
     s0 += t;
     s1 += t1;
@@ -118,7 +116,7 @@ KLRL_CLONES void Chunk32(const double* lp, const double* rw, int64_t n, double s
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64_t i = lo; i < hi; ++i) {
       const double s = rw[i] - center;
-      const float t = Exp32(static_cast<float>((lp[i] - shift) + lam * s));
+      const float t = Exp<float>(static_cast<float>((lp[i] - shift) + lam * s));
       const float sf = static_cast<float>(s);
       const float t1 = t * sf, t2 = t1 * sf;
       s0 += t;
