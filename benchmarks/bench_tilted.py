@@ -2,9 +2,7 @@
 
 Baselines, measured in the same run: ``stats`` against ``scipy.special.logsumexp`` and NumPy
 moments; ``kl_constrained`` against one ``scipy.optimize.brentq`` per row on
-``lam A'(lam) - A(lam) = delta`` (tolerance 1e-12), followed by the tilted policy. On the CPU,
-``kl_constrained`` is also timed against itself with XLA's reductions in place of klrl's native
-kernels (``klrl._native``), both compiled in the same run.
+``lam A'(lam) - A(lam) = delta`` (tolerance 1e-12), followed by the tilted policy.
 """
 from __future__ import annotations
 
@@ -15,7 +13,7 @@ from scipy.optimize import brentq
 from scipy.special import logsumexp
 
 from benchmarks.harness import Row, compile_time, median_time, paired_times
-from klrl import _native, divergences, problems, tilted
+from klrl import divergences, problems, tilted
 
 B = 64
 
@@ -89,13 +87,3 @@ def run(args):
     yield Row("tilted", "kl_constrained", f"{B}x2^{log2v}", c, t, "scipy brentq/row", tb, 1.5 * nbytes, extra,
               ratios)
 
-    # The same solve with XLA's reductions in place of the native CPU kernels (klrl._native).
-    if _native.available() and jax.default_backend() == "cpu":
-      jax.clear_caches()
-      with _native.disabled():
-        xla = jax.jit(lambda *a: tilted.kl_constrained.__wrapped__(*a)).lower(logp, r, delta).compile()
-      jax.clear_caches()
-      native = jax.jit(tilted.kl_constrained.__wrapped__).lower(logp, r, delta).compile()
-      t, tb, ratios = paired_times(native, (logp, r, delta), lambda: jax.block_until_ready(xla(logp, r, delta)), rounds)
-      yield Row("tilted", "kl_constrained (native kernels)", f"{B}x2^{log2v}", c, t, "klrl, XLA reductions only",
-                tb, 1.5 * nbytes, {}, ratios)

@@ -22,7 +22,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from klrl import _native
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -123,7 +122,7 @@ def machine() -> dict:
   devices = jax.devices()
   info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
           "platform": devices[0].platform, "devices": [d.device_kind for d in devices],
-          "numpy": np.__version__, "native_kernels": _native.status()}
+          "numpy": np.__version__}
   try:
     import scipy
     info["scipy"] = scipy.__version__

@@ -1,8 +1,15 @@
 """klrl: a JAX-accelerated, differentiable simulator of the theory of KL-regularised RL for
-language models. See README.md and SPEC section numbers cited in each module."""
-from klrl import bon, chains, data, divergences, memoryless, problems, rlvr, sweep, tilted, train
-from klrl._checks import InputError
+language models."""
+from importlib import metadata as _metadata
 
-__version__ = "0.1.0"
-__all__ = ["InputError", "bon", "chains", "data", "divergences", "memoryless", "problems", "rlvr", "sweep", "tilted",
-           "train"]
+try:
+  __version__ = _metadata.version("klrl")
+except _metadata.PackageNotFoundError:   # a checkout on sys.path, not installed
+  __version__ = "0+unknown"
+
+from klrl import bon, chains, data, divergences, memoryless, problems, rlvr, sweep, tilted, train  # noqa: E402
+from klrl._info import info  # noqa: E402
+from klrl._src.checks import InputError  # noqa: E402
+
+__all__ = ["InputError", "bon", "chains", "data", "divergences", "info", "memoryless", "problems", "rlvr", "sweep",
+           "tilted", "train"]

@@ -68,7 +68,8 @@ from jax import lax
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float, Int
 
-from klrl import _checks, _rows, tilted
+from klrl import tilted
+from klrl._src import checks as _checks, rows as _rows
 from klrl.divergences import expectation, kl as _kl_div, log_normalize
 
 __all__ = [
@@ -339,7 +340,7 @@ def _level_stats(log_masses, level_reward, log_law, log_below) -> Stats:
 # Validation.
 
 def _inputs(where, logp, reward):
-  logp, reward = tilted._inputs(where, logp, reward)   # the same checks as the tilted policies
+  logp, reward = _checks.logp_reward(where, logp, reward)   # the same checks as the tilted policies
   return logp, reward
 
 

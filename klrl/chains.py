@@ -49,7 +49,8 @@ from jax import lax
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Bool, Float, Int
 
-from klrl import _checks, divergences
+from klrl import divergences
+from klrl._src import checks as _checks
 from klrl.divergences import expectation, log_normalize
 
 __all__ = [

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from klrl._checks import InputError
+from klrl._src.checks import InputError
 
 __all__ = ["read", "save", "log_probs", "mask", "reward"]
 

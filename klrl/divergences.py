@@ -7,12 +7,12 @@ follow the conventions ``0 log 0 = 0`` and ``p log(p/0) = +inf`` for ``p > 0``.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp, xlogy
 from jaxtyping import Array, Float
 
-from klrl import _checks, _rows
+from klrl._src import checks as _checks, logspace as _logspace, rows as _rows
+from klrl._src.logspace import expectation, log_normalize
 
 __all__ = [
     "kl", "entropy", "cross_entropy", "bernoulli_kl", "bernoulli_kl_logits", "binary_entropy", "chi2", "tv",
@@ -23,7 +23,7 @@ __all__ = [
 def _checked_rows(where, fn, names, arrays, *params):
   """``fn(*arrays, *params)``, a value per row, with each array checked to be log-probabilities
   over the last axis in the same pass: rows are taken in blocks while they are in cache
-  (:mod:`klrl._rows`), and the checks hold the per-row results only (a check on a whole
+  (:mod:`klrl._src.rows`), and the checks hold the per-row results only (a check on a whole
   ``B x V`` input makes XLA copy it).
 
   ``params`` are per-row arrays (shape ``batch``); the arrays broadcast against each other.
@@ -55,23 +55,6 @@ def _pair(where, fn, logp, logq, alpha=None, alpha_check=None):
   return _checked_rows(where, fn, ("logp", "logq"), (logp, logq), *params)
 
 
-def log_normalize(logw: Float[Array, "... v"]) -> Float[Array, "... v"]:
-  """Normalises log-weights over the last axis (``-inf`` entries stay ``-inf``)."""
-  return logw - logsumexp(logw, axis=-1, keepdims=True)
-
-
-def expectation(logp: Float[Array, "... v"], f: Float[Array, "... v"]) -> Float[Array, "..."]:
-  """``E_p[f]``; entries of zero mass contribute 0 whatever ``f`` is there (even inf/NaN)."""
-  p = jnp.exp(logp)
-  return jnp.sum(jnp.where(p > 0, p * f, 0.0), axis=-1)
-
-
-def _kl(logp, logq):
-  p = jnp.exp(logp)
-  diff = jnp.where(p > 0, logp - logq, 0.0)  # p > 0 and q == 0 gives +inf, as it should
-  return jnp.sum(p * diff, axis=-1)
-
-
 @_checks.public
 def kl(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array, "..."]:
   """Kullback-Leibler divergence ``KL(p || q) = sum_y p(y) log(p(y)/q(y))``.
@@ -83,7 +66,7 @@ def kl(logp: Float[Array, "... v"], logq: Float[Array, "... v"]) -> Float[Array,
   Returns:
     ``KL(p || q) >= 0``; ``+inf`` where ``p`` puts mass where ``q`` has none.
   """
-  return _pair("klrl.divergences.kl", _kl, logp, logq)
+  return _pair("klrl.divergences.kl", _logspace.kl, logp, logq)
 
 
 @_checks.public
@@ -98,10 +81,6 @@ def entropy(logp: Float[Array, "... v"]) -> Float[Array, "..."]:
   where = "klrl.divergences.entropy"
   logp = _checks.floating(where, "logp", logp, 1)
   return _checked_rows(where, lambda lp: -expectation(lp, lp), ("logp",), (logp,))
-
-
-def _bernoulli_kl(a, b):
-  return xlogy(a, a) - xlogy(a, b) + xlogy(1 - a, 1 - a) - xlogy(1 - a, 1 - b)
 
 
 @_checks.public
@@ -120,16 +99,7 @@ def bernoulli_kl(a: Float[Array, "..."], b: Float[Array, "..."]) -> Float[Array,
   a = _checks.in_unit_interval(where, "a", _checks.floating(where, "a", a))
   b = _checks.in_unit_interval(where, "b", _checks.floating(where, "b", b))
   dtype = jnp.result_type(a, b)
-  return _bernoulli_kl(a.astype(dtype), b.astype(dtype))
-
-
-def _bernoulli_kl_logits(x, y):
-  # kl(sigmoid(x) || sigmoid(y)) = softplus(y) - softplus(x) - sigmoid(x) (y - x), the Bregman
-  # divergence of softplus; evaluated on the side where sigmoid(x) <= 1/2 (kl(a||b) = kl(1-a||1-b)).
-  flip = x > 0
-  x, y = jnp.where(flip, -x, x), jnp.where(flip, -y, y)
-  a = jax.nn.sigmoid(x)
-  return jax.nn.softplus(y) - jax.nn.softplus(x) - jnp.where(a > 0, a * (y - x), 0.0)
+  return _logspace.bernoulli_kl(a.astype(dtype), b.astype(dtype))
 
 
 @_checks.public
@@ -151,7 +121,7 @@ def bernoulli_kl_logits(x: Float[Array, "..."], y: Float[Array, "..."]) -> Float
   x, y = _checks.floating(where, "x", x), _checks.floating(where, "y", y)
   x, y = _checks.holds(where, "x", x, ~jnp.isnan(x), "contains NaN"), _checks.holds(where, "y", y, ~jnp.isnan(y), "contains NaN")
   dtype = jnp.result_type(x, y)
-  return _bernoulli_kl_logits(x.astype(dtype), y.astype(dtype))
+  return _logspace.bernoulli_kl_logits(x.astype(dtype), y.astype(dtype))
 
 
 @_checks.public
@@ -196,7 +166,7 @@ def _renyi_divergence(logp, logq, alpha):
   a = jnp.where(is_one, 2.0, alpha)[..., None]
   terms = jnp.where(jnp.exp(logp) > 0, a * logp + (1 - a) * logq, -jnp.inf)
   general = logsumexp(terms, axis=-1) / (a[..., 0] - 1)
-  return jnp.where(is_one, _kl(logp, logq), general)
+  return jnp.where(is_one, _logspace.kl(logp, logq), general)
 
 
 @_checks.public

@@ -58,7 +58,8 @@ from jax import lax
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
-from klrl import _checks, bon, data, divergences, tilted
+from klrl import bon, data, divergences, tilted
+from klrl._src import checks as _checks, cumulants as _cumulants
 from klrl.divergences import expectation
 
 __all__ = [
@@ -81,7 +82,7 @@ def _named(name):
 
 
 def _inputs(where, logp, reward):
-  return tuple(tilted._inputs(where, logp, reward))   # the checks of the tilted policies
+  return tuple(_checks.logp_reward(where, logp, reward))   # the checks of the tilted policies
 
 
 def _points(where, name, logp, reward, x):
@@ -104,7 +105,7 @@ def _row(where, name, x, batch, dtype, check):
 # ---------------------------------------------------------------------------------------------
 # Cumulant generating function (any sign of t, through klrl.tilted.cumulants).
 
-def _cum(logp, reward, t, prep=None) -> tilted.Cumulants:
+def _cum(logp, reward, t, prep=None) -> _cumulants.Cumulants:
   """Cumulants of ``reward`` under ``p`` tilted by ``t`` of either sign: ``A``, ``A'``, ``A''``, KL.
 
   The one-pass sums of :func:`klrl.tilted.cumulants` (which takes ``t >= 0``), with the
@@ -114,8 +115,8 @@ def _cum(logp, reward, t, prep=None) -> tilted.Cumulants:
   neg = t < 0
   if prep is None:
     reward = jnp.where(neg[..., None], -reward, reward)
-    prep = tilted._constants(logp, reward, top=False)[0]
-  c = tilted._cumulants(logp, reward, jnp.where(neg, -t, t), prep)
+    prep = _cumulants.constants(logp, reward, top=False)[0]
+  c = _cumulants.cumulants(logp, reward, jnp.where(neg, -t, t), prep)
   return c._replace(mean=jnp.where(neg, -c.mean, c.mean))
 
 
@@ -163,7 +164,7 @@ def _slope_root(logp, u, u_lo, u_hi, active):
   u_lo = lax.stop_gradient(jnp.where(active, u_lo, -1.0))
   u_hi = lax.stop_gradient(jnp.where(active, u_hi, 1.0))
   target = jnp.log(-u_lo) - jnp.log(u_hi)
-  prep = tilted._constants(logp, u, top=False)[0]
+  prep = _cumulants.constants(logp, u, top=False)[0]
   s0 = jnp.where(active, jnp.maximum(-prep.mu / jnp.maximum(prep.var, tiny), 0.0), 0.0)
 
   def cond(state):

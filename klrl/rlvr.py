@@ -36,10 +36,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import logsumexp
 from jaxtyping import Array, Bool, Float
 
-from klrl import _checks, data, divergences, tilted
+from klrl import data, divergences, tilted
+from klrl._src import checks as _checks
 from klrl.divergences import log_normalize
 
 __all__ = [
@@ -100,43 +100,6 @@ class FlowStats(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 # Validation and per-prompt masses.
-
-def _log_masses(logp, correct):
-  """``(log a, log(1 - a))``: log-masses of the correct and wrong responses, per row."""
-  return (logsumexp(jnp.where(correct, logp, -jnp.inf), axis=-1),
-          logsumexp(jnp.where(correct, -jnp.inf, logp), axis=-1))
-
-
-def _inputs(where, logp, correct, name="logp", batch=(), **params):
-  """Checks ``logp``/``correct`` and per-prompt parameters; broadcasts all to one batch shape.
-
-  Returns ``(logp, correct, log a_ref, log(1 - a_ref), params)``, the row quantities and the
-  parameters broadcast to the common batch shape and cast to the floating dtype. ``logp`` is
-  the reference (named ``name`` in messages); every prompt needs a correct response of positive
-  reference probability. ``batch`` is a further batch shape to broadcast to.
-  """
-  logp = _checks.floating(where, name, logp, 1)
-  correct = _checks.mask(where, "correct", correct)
-  _checks.same_support(where, name, logp, "correct", correct)
-  batch = np.broadcast_shapes(logp.shape[:-1], correct.shape[:-1], batch)
-  params = {k: _checks.floating(where, k, v) for k, v in params.items()}
-  for key, v in params.items():
-    try:
-      batch = np.broadcast_shapes(batch, v.shape)
-    except ValueError:
-      _checks._fail(where, key, f"has shape {v.shape}, which does not broadcast with the prompts' batch shape {batch}")
-  dtype = jnp.result_type(logp, *params.values())
-  logp = _checks.log_probs(where, name, logp)
-  la, lw = _log_masses(logp, correct)
-  if name == "logp":   # tied to every row quantity, so that no output escapes the check
-    logp, la, lw = _checks.holds(where, "correct", (logp, la, lw), la > -jnp.inf,
-                                 "marks no response of positive reference probability as correct in some "
-                                 "prompt (the reference accuracy must be > 0)")
-  shape = batch + logp.shape[-1:]
-  cast = lambda x, s: jnp.broadcast_to(x, s).astype(dtype)
-  return (cast(logp, shape), jnp.broadcast_to(correct, shape), cast(la, batch), cast(lw, batch),
-          {k: cast(v, batch) for k, v in params.items()})
-
 
 def _beta(where, beta):
   return _checks.positive(where, "beta", beta)
@@ -257,7 +220,7 @@ def load_problem(path: str | Path, *, logp_key: str = "logp", correct_key: str =
 @_checks.public
 def accuracy(logq: Float[Array, "... y"], correct: Bool[Array, "... y"]) -> Float[Array, "..."]:
   """Accuracy ``q(correct) = sum_y q(y) c(y)`` of a policy, per prompt (SPEC section 5)."""
-  _, _, la, _, _ = _inputs("klrl.rlvr.accuracy", logq, correct, name="logq")
+  _, _, la, _, _ = _checks.prompts("klrl.rlvr.accuracy", logq, correct, name="logq")
   return jnp.exp(la)
 
 
@@ -274,7 +237,7 @@ def target_accuracy(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], 
     ``a* = a_ref e^{1/beta} / Z``, computed as a sigmoid of logits from log-masses.
   """
   where = "klrl.rlvr.target_accuracy"
-  _, _, la, lw, prm = _inputs(where, logp, correct, beta=beta)
+  _, _, la, lw, prm = _checks.prompts(where, logp, correct, beta=beta)
   return jax.nn.sigmoid(la - lw + 1 / _beta(where, prm["beta"]))
 
 
@@ -282,7 +245,7 @@ def target_accuracy(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], 
 def log_partition(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], beta: Float[Array, "..."]) -> Float[Array, "..."]:
   """``log Z = log(1 - a_ref + a_ref e^{1/beta})``; ``beta log Z`` is the optimal value of J."""
   where = "klrl.rlvr.log_partition"
-  _, _, la, lw, prm = _inputs(where, logp, correct, beta=beta)
+  _, _, la, lw, prm = _checks.prompts(where, logp, correct, beta=beta)
   return jnp.logaddexp(lw, la + 1 / _beta(where, prm["beta"]))
 
 
@@ -297,7 +260,7 @@ def optimal_policy(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], b
     ``log pi*``, ``-inf`` where ``p`` has no mass.
   """
   where = "klrl.rlvr.optimal_policy"
-  logp, correct, _, _, prm = _inputs(where, logp, correct, beta=beta)
+  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, beta=beta)
   return tilted.tilt(logp, correct.astype(logp.dtype), _beta(where, prm["beta"]))
 
 
@@ -318,7 +281,7 @@ def suboptimality_gap(logq: Float[Array, "... y"], logp: Float[Array, "... y"], 
   where = "klrl.rlvr.suboptimality_gap"
   logq = _checks.floating(where, "logq", logq, 1)
   _checks.same_support(where, "logp", _checks.floating(where, "logp", logp, 1), "logq", logq)
-  logp, correct, _, _, prm = _inputs(where, logp, correct, beta=beta, batch=logq.shape[:-1])
+  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, beta=beta, batch=logq.shape[:-1])
   beta = _beta(where, prm["beta"])
   log_pi = tilted.tilt(logp, correct.astype(logp.dtype), beta)
   return beta * divergences.kl(jnp.broadcast_to(logq, logp.shape).astype(logp.dtype), log_pi)
@@ -354,7 +317,7 @@ def natural_gradient_flow(logp: Float[Array, "... y"], correct: Bool[Array, "...
     logq0 = _checks.floating(where, "logq0", logq0, 1)
     _checks.same_support(where, "logp", _checks.floating(where, "logp", logp, 1), "logq0", logq0)
   batch = () if logq0 is None else logq0.shape[:-1]
-  logp, correct, _, _, prm = _inputs(where, logp, correct, beta=beta, t=t, batch=batch)
+  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, beta=beta, t=t, batch=batch)
   beta = _beta(where, prm["beta"])[..., None]
   t = _checks.nonnegative(where, "t", prm["t"])[..., None]
   c = correct.astype(logp.dtype)
@@ -377,7 +340,7 @@ def entropy_split(logp: Float[Array, "... y"], correct: Bool[Array, "... y"]) ->
   Along the flow ``dH/da = log((1 - a)/a) + H_C - H_W``, so entropy rises with accuracy below
   ``sigmoid(H_C - H_W)`` and falls above it (SPEC section 5).
   """
-  logp, correct, la, lw, _ = _inputs("klrl.rlvr.entropy_split", logp, correct)
+  logp, correct, la, lw, _ = _checks.prompts("klrl.rlvr.entropy_split", logp, correct)
   return _split(logp, correct, la, lw)
 
 
@@ -413,7 +376,7 @@ def flow(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], beta: Float
     A :class:`FlowStats`.
   """
   where = "klrl.rlvr.flow"
-  logp, correct, la, lw, prm = _inputs(where, logp, correct, beta=beta, t=t)
+  logp, correct, la, lw, prm = _checks.prompts(where, logp, correct, beta=beta, t=t)
   beta = _beta(where, prm["beta"])
   t = _checks.nonnegative(where, "t", prm["t"])
   split = _split(logp, correct, la, lw)

@@ -13,7 +13,7 @@ budget ``delta_max = -log p(S*)`` (``S*`` the reward maximisers in the support o
 answer is ``p`` conditioned on ``S*``.
 
 Numerics. All functions work in log space. The cumulants at a given ``lam`` come from one
-pass over the data (:func:`cumulants`): for small ``lam (r_max - r_min) <= 1`` the reward is
+pass over the data (:func:`cumulants`, :mod:`klrl._src.cumulants`): for small ``lam (r_max - r_min) <= 1`` the reward is
 centred at its mean under ``p`` and the sums use ``expm1`` so that ``KL = O(lam^2)`` keeps its
 relative accuracy; for larger ``lam`` the reward is centred at ``r_max`` so that the distance
 to saturation ``delta_max - KL`` is computed without cancellation. The constrained root is
@@ -26,8 +26,7 @@ quadratic Taylor model of ``K`` when a bound on its remainder is below the toler
 saves the pass that would only confirm convergence. A solve takes 2 to 6 passes on typical
 problems. Where every budget exceeds 1/8 no iterate is in the small-``lam`` regime, and the
 pass before the solve (extremes of ``r``, moments of ``p`` for the starting point, ``p(S*)``)
-also sums in float32. On the CPU the sums centred at ``r_max`` come from one fused native loop
-(:func:`_power_sums`, :mod:`klrl._native`). Derivatives through the root are implicit (not unrolled).
+also sums in float32. Derivatives through the root are implicit (not unrolled).
 
 Accuracy (measured by ``tests/test_tilted.py`` and ``benchmarks/bench_tilted.py``): the KL of
 ``kl_constrained``'s policy matches ``delta`` to ``1e-10 max(1, delta)`` in float64 and to
@@ -36,43 +35,23 @@ Accuracy (measured by ``tests/test_tilted.py`` and ``benchmarks/bench_tilted.py`
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
-from klrl import _checks, _native, _rows
-from klrl.divergences import _kl, expectation
+from klrl._src import checks as _checks, cumulants as _cum, rows as _rows
+from klrl._src.cumulants import Cumulants
+from klrl._src.logspace import expectation, kl as _kl
 
 __all__ = [
     "Cumulants", "TiltStats", "Constrained", "tilt", "log_partition", "cumulants", "stats",
     "objective", "kl_constrained", "frontier", "max_kl", "dual_frontier",
 ]
-
-
-class Cumulants(NamedTuple):
-  """Cumulant generating function of the reward under ``p`` and its tilt, at ``lam``.
-
-  Attributes:
-    log_z: ``A(lam) = log E_p exp(lam r)``.
-    mean: ``A'(lam) = E_pi[r]``.
-    var: ``A''(lam) = Var_pi[r]``.
-    kl: ``K(lam) = KL(pi || p) = lam A'(lam) - A(lam)``.
-    kl_gap: ``delta_max - K(lam)``, computed without cancellation near saturation.
-    cross_entropy: ``-E_pi[log p]``.
-  """
-  log_z: Array
-  mean: Array
-  var: Array
-  kl: Array
-  kl_gap: Array
-  cross_entropy: Array
 
 
 class TiltStats(NamedTuple):
@@ -110,50 +89,13 @@ class Constrained(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Validation.
 
-def _inputs(where, logp, reward, values=True, **params):
-  """Checks and broadcasts ``logp``, ``reward`` and per-row parameters to one batch shape.
-
-  ``params`` maps a name to ``(value, check)``; each value is a scalar or an array over batch
-  axes. Value checks of ``logp``/``reward`` are skipped when ``values=False`` (the caller folds
-  them into :func:`_prepare`'s pass). Returns ``logp, reward, *params``.
-  """
-  logp = _checks.floating(where, "logp", logp, 1)
-  reward = _checks.floating(where, "reward", reward, 1)
-  _checks.same_support(where, "logp", logp, "reward", reward)
-  batch = np.broadcast_shapes(logp.shape[:-1], reward.shape[:-1])
-  xs = []
-  for name, (value, check) in params.items():
-    x = _checks.floating(where, name, value)
-    try:
-      batch = np.broadcast_shapes(batch, x.shape)
-    except ValueError:
-      raise _checks.InputError(f"{where}: argument '{name}' has shape {x.shape}, which does not broadcast "
-                               f"with the batch axes {batch} of 'logp'/'reward'") from None
-    xs.append((name, x, check))
-  dtype = jnp.result_type(logp, reward)
-  if values:
-    logp, reward = _checks.log_probs(where, "logp", logp), _checks.finite(where, "reward", reward)
-  shape = batch + logp.shape[-1:]
-  out = [jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)]
-  out += [check(where, name, jnp.broadcast_to(x, batch).astype(dtype)) for name, x, check in xs]
-  return out
-
-
 # ---------------------------------------------------------------------------------------------
 # One-pass cumulants.
 
-class _Prep(NamedTuple):
-  mu: Array        # E_p r
-  var: Array       # Var_p r (one-pass moment formula; used for starting points only)
-  r_max: Array     # max reward over the support of p
-  r_min: Array
-  l_max: Array     # max log p
-  log_ps: Array    # log p(S*), or None when not asked for
 
-
-def _prepare(where, logp, reward) -> _Prep:
+def _prepare(where, logp, reward) -> _cum.Prep:
   """Per-row constants from one pass, with the input value checks folded into that pass."""
-  prep, total, probe = _constants(logp, reward, True)
+  prep, total, probe = _cum.constants(logp, reward, True)
   return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", prep, total), probe)
 
 
@@ -175,221 +117,13 @@ def _log_z(where, logp, reward, beta):
 
 def _one_pass(where, logp, reward, lam) -> Cumulants:
   """Checked cumulants at ``lam``: the constants and the sums of each block of rows in turn,
-  while the block is in cache (see :mod:`klrl._rows`)."""
+  while the block is in cache (see :mod:`klrl._src.rows`)."""
   def rows(logp, reward, lam):
-    prep, total, probe = _constants_block(logp, reward, False)
-    return _cumulants_block(logp, reward, lam, prep, False), total, probe
+    prep, total, probe = _cum.constants_block(logp, reward, False)
+    return _cum.cumulants_block(logp, reward, lam, prep, False), total, probe
 
   c, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, lam)
   return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", c, total), probe)
-
-
-def _constants(logp, reward, top=True):
-  return _rows.by_rows(lambda lp, r: _constants_block(lp, r, top), logp.shape[:-1], logp.shape[-1],
-                       logp.dtype.itemsize, logp, reward)
-
-
-def _extremes(logp, reward):
-  """``r_max``, ``r_min`` over the support of ``p``, ``max log p`` and the shift for ``p``."""
-  # Reductions are written without selects where possible: XLA:CPU vectorises those.
-  def masked(_):
-    mass = logp > -jnp.inf
-    return (jnp.max(jnp.where(mass, reward, -jnp.inf), axis=-1),
-            jnp.min(jnp.where(mass, reward, jnp.inf), axis=-1))
-
-  def full(_):
-    return jnp.max(reward, axis=-1), jnp.min(reward, axis=-1)
-
-  r_max, r_min = lax.cond(jnp.min(logp) > -jnp.inf, full, masked, None)
-  l_max = jnp.max(logp, axis=-1)
-  shift = jnp.where(jnp.isfinite(l_max), l_max, 0.0)   # NaN and +-inf reach the checks through p
-  return r_max, r_min, l_max, shift
-
-
-def _log_top_mass(logp, is_top):
-  """``log p(S*)`` exactly, for the maximisers ``is_top``."""
-  return logsumexp(jnp.where(is_top & (logp > -jnp.inf), logp, -jnp.inf), axis=-1)
-
-
-def _constants_block(logp, reward, top):
-  r_max, r_min, l_max, shift = _extremes(logp, reward)
-  p = jnp.exp(logp - shift[..., None])                 # probabilities relative to the largest
-  s = jnp.sum(p, axis=-1)
-  mu, var = _moments(p, reward, s, r_max, r_min, logp.dtype)
-  log_ps = None
-  if top:
-    is_top = reward == r_max[..., None]
-    top_s = jnp.sum(jnp.where(is_top, p, 0.0), axis=-1)
-    # Exact where the maximisers' mass underflows next to the largest probability.
-    log_ps = lax.cond(jnp.all(top_s > 0), lambda _: shift + jnp.log(top_s), lambda _: _log_top_mass(logp, is_top), None)
-  probe = jnp.sum(0.0 * reward, axis=-1)
-  return _Prep(mu, var, r_max, r_min, l_max, log_ps), jnp.exp(shift) * s, probe
-
-
-def _constants_block32(logp, reward):
-  """:func:`_constants_block` with ``top``, its sums in float32: ``E_p r``, ``Var_p r`` and the
-  normalisation total to about 1e-7, ``log p(S*)`` exact. For solves that stay where
-  ``lam (r_max - r_min) > 1``, in which the moments of ``p`` only give the starting point (see
-  :func:`_solve_constants`)."""
-  r_max, r_min, l_max, shift = _extremes(logp, reward)
-  acc = _accumulator32(logp)
-  p = jnp.exp((logp - shift[..., None]).astype(jnp.float32))
-  s = jnp.sum(p, axis=-1, dtype=acc).astype(logp.dtype)
-  mu, var = _moments(p, reward, s, r_max, r_min, acc)
-  # A single maximiser (the usual case) gives log p(S*) without a sum.
-  is_top = reward == r_max[..., None]
-  count = jnp.sum(is_top, axis=-1, dtype=jnp.float32)   # exact to 2^24; a larger count is not 1 either
-  l_top = jnp.max(jnp.where(is_top, logp, -jnp.inf), axis=-1)
-  log_ps = lax.cond(jnp.all(count == 1), lambda _: l_top, lambda _: _log_top_mass(logp, is_top), None)
-  probe = jnp.sum(0.0 * reward, axis=-1)
-  return _Prep(mu, var, r_max, r_min, l_max, log_ps), jnp.exp(shift) * s, probe
-
-
-def _moments(p, reward, total, r_max, r_min, acc):
-  """``E_p r`` and ``Var_p r`` from the weights ``p`` (summing to ``total``), in the precision of ``p``.
-
-  The rewards are centred at the middle ``c`` of their range, so that the one-pass variance
-  cancels ``(E_p r - c)^2 <= (r_max - r_min)^2 / 4``, not ``E_p[r]^2``: rewards offset by
-  ``10^4`` keep their variance (uncentred, float32 gave 0). ``E_p r = c + E_p[r - c]`` stays
-  as accurate as ``E_p[r]`` summed directly: ``|c| <= max |r|``.
-  """
-  mid = 0.5 * r_max + 0.5 * r_min
-  gap = (reward - mid[..., None]).astype(p.dtype)
-  pg = p * gap                         # zero-mass entries give 0 (rewards are checked finite)
-  m1, m2 = (jnp.sum(x, axis=-1, dtype=acc).astype(total.dtype) / total for x in (pg, pg * gap))
-  return mid + m1, jnp.maximum(m2 - m1 * m1, 0.0)
-
-
-def _accumulator32(logp):
-  # XLA:CPU reduces a single long row in float32 4-5x slower than two rows (klrl._rows);
-  # accumulating in float64 avoids that.
-  return jnp.float64 if math.prod(logp.shape[:-1]) == 1 else jnp.float32
-
-
-_INV_FACT = [1.0]
-for _k in range(1, 20):
-  _INV_FACT.append(_INV_FACT[-1] / _k)
-
-
-def _e2(x):
-  """``expm1(x) - x`` for ``|x| <= 1`` by its Taylor polynomial (relative error < 1e-18)."""
-  poly = _INV_FACT[19]
-  for k in range(18, 1, -1):
-    poly = poly * x + _INV_FACT[k]
-  return x * x * poly
-
-
-def _finite_logp(logp):
-  return jnp.maximum(logp, jnp.finfo(logp.dtype).min)   # -inf -> most negative float: 0 * it = 0
-
-
-def _sums_small(logp, reward, lam, prep, gap, entropy, third):
-  """Sums for ``lam (r_max - r_min) <= 1``: reward centred at its mean, ``expm1`` forms.
-
-  With ``x = lam (r - E_p r)``: ``Z = 1 + sum p (e^x - 1 - x)`` (the linear term vanishes) and
-  ``Z E_pi[r - E_p r] = sum p (r - E_p r)(e^x - 1)``, sums of non-negative terms, so the KL
-  ``O(lam^2)`` keeps its relative accuracy. No transcendental function besides ``p``.
-  """
-  s = reward - prep.mu[..., None]
-  x = jnp.clip(lam[..., None] * s, -1.0, 1.0)    # |x| <= 1 on the support; clip zero-mass entries
-  p = jnp.exp(logp)
-  e2 = _e2(x)
-  em1 = x + e2
-  s0 = jnp.sum(p * e2, axis=-1)
-  s1 = jnp.sum(p * s * em1, axis=-1)
-  t = p + p * em1
-  ts2 = t * s * s
-  s2 = jnp.sum(ts2, axis=-1)
-  z = 1.0 + s0
-  e_lp = jnp.sum(t * _finite_logp(logp), axis=-1) / z if entropy else None
-  e_s3 = jnp.sum(ts2 * s, axis=-1) / z if third else None
-  return jnp.log1p(s0), s1 / z, s2 / z, e_lp, (jnp.zeros_like(lam) if gap else None), e_s3
-
-
-def _power_sums(logp, reward, l_max, r_max, lam, single=False):
-  """``sum t s^k`` for ``k = 0..3``, ``sum_{s < 0} t`` and ``sum t log p`` over each row, with
-  ``s = r - r_max`` and weights ``t = exp(log p - l_max + lam s) <= 1``. With ``single`` the
-  weights and products are float32 (summed in float32 but for a single row, see
-  :func:`_accumulator32`) and the last two sums are 0. One fused pass on the CPU
-  (:mod:`klrl._native`)."""
-  def xla(logp, reward, l_max, r_max, lam):
-    s = reward - r_max[..., None]
-    x = logp - l_max[..., None] + lam[..., None] * s
-    acc = _accumulator32(logp) if single else logp.dtype
-    if single:
-      x, s = x.astype(jnp.float32), s.astype(jnp.float32)
-    t = jnp.exp(x)
-    t1 = t * s
-    t2 = t1 * s
-    sums = [jnp.sum(y, axis=-1, dtype=acc).astype(logp.dtype) for y in (t, t1, t2, t2 * s)]
-    if single:
-      return (*sums, jnp.zeros_like(lam), jnp.zeros_like(lam))
-    return (*sums, jnp.sum(jnp.where(s < 0, t, 0.0), axis=-1), jnp.sum(t * _finite_logp(logp), axis=-1))
-
-  return _native.tilt_sums(xla, logp, reward, l_max, r_max, lam, single)
-
-
-def _sums_large(logp, reward, lam, prep, gap, entropy, third):
-  """Sums for larger ``lam``: reward centred at ``r_max``, weights scaled by ``max p``."""
-  s0, s1, s2, s3, s_neg, s_lp = _power_sums(logp, reward, prep.l_max, prep.r_max, lam)
-  e_lp = s_lp / s0 if entropy else None
-  e_s3 = s3 / s0 if third else None
-  mean_c, logz_c = s1 / s0, prep.l_max + jnp.log(s0)
-  rest = None
-  if gap:
-    # delta_max - K: by difference while that is at least a tenth of delta_max (a few ulps of
-    # error); closer to saturation as log(1 + rest / p(S*)) - lam E_pi[s], both terms >= 0.
-    direct = -prep.log_ps - (lam * mean_c - logz_c)
-    rest = jnp.where(direct >= -0.1 * prep.log_ps, direct,
-                     jnp.log1p(s_neg / jnp.exp(prep.log_ps - prep.l_max)) - lam * mean_c)
-  return logz_c, mean_c, s2 / s0, e_lp, rest, e_s3
-
-
-def _cumulants(logp, reward, lam, prep: _Prep, gap: bool = False, entropy: bool = True) -> Cumulants:
-  """Cumulants at ``lam`` from one pass, choosing per row the accurate centring.
-
-  ``gap`` adds ``delta_max - K`` (needs ``prep.log_ps``); ``entropy=False`` skips the cross
-  entropy (``None`` then).
-  """
-  return _rows.by_rows(lambda *a: _cumulants_block(*a, gap, entropy), logp.shape[:-1], logp.shape[-1],
-                       logp.dtype.itemsize, logp, reward, lam, prep)
-
-
-def _cumulants_block(logp, reward, lam, prep: _Prep, gap: bool, entropy: bool = True, third: bool = False):
-  """:class:`Cumulants` at ``lam``; with ``third`` (for the solver), also the third cumulant
-  ``A'''(lam)`` and ``A'(lam) - r_max`` (unrounded where the sums are centred at ``r_max``)."""
-  small = lam * (prep.r_max - prep.r_min) <= 1.0
-  ones = jnp.ones_like(lam)
-  safe_small = jnp.where(small, lam, 0.0)      # each branch sees only values it handles well
-  safe_large = jnp.where(small, ones, lam)
-  pick = lambda x, y: None if x is None else jnp.where(small, x, y)
-
-  def both(args):
-    a = _sums_small(logp, reward, safe_small, prep, gap, entropy, third)
-    b = _sums_large(logp, reward, safe_large, prep, gap, entropy, third)
-    return tuple(pick(x, y) for x, y in zip(a[:4], b[:4])) + (b[4], pick(a[5], b[5]))
-
-  def only_small(args):
-    return _sums_small(logp, reward, lam, prep, gap, entropy, third)
-
-  def only_large(args):
-    return _sums_large(logp, reward, lam, prep, gap, entropy, third)
-
-  branch = jnp.where(jnp.all(small), 0, jnp.where(jnp.any(small), 2, 1))
-  logz_c, mean_c, e_s2, e_lp, rest, e_s3 = lax.switch(branch, [only_small, only_large, both], None)
-  center = jnp.where(small, prep.mu, prep.r_max)
-  var = jnp.maximum(e_s2 - mean_c * mean_c, 0.0)
-  kl = jnp.maximum(lam * mean_c - logz_c, 0.0)
-  kl_gap = None
-  if gap:
-    kl_gap = jnp.maximum(jnp.where(small, -prep.log_ps - kl, rest), 0.0)
-  c = Cumulants(log_z=logz_c + lam * center, mean=mean_c + center, var=var, kl=kl,
-                kl_gap=kl_gap, cross_entropy=None if e_lp is None else -e_lp)
-  if not third:
-    return c
-  # A'(lam) - r_max unrounded where the sums are centred at r_max (see _log_policy).
-  mean_gap = jnp.where(small, c.mean - prep.r_max, mean_c)
-  return c, e_s3 - mean_c * (3 * var + mean_c * mean_c), mean_gap
 
 
 def _log_policy(logp, reward, lam, mean, kl, mean_gap, r_max):
@@ -422,7 +156,7 @@ def tilt(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float
     ``log pi_beta``; zero-mass entries of ``p`` stay ``-inf``.
   """
   where = "klrl.tilted.tilt"
-  logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
+  logp, reward, beta = _checks.logp_reward(where, logp, reward, False, beta=(beta, _checks.positive))
   c, log_zc = _log_z(where, logp, reward, beta)
   return logp + (reward - c[..., None]) / beta[..., None] - log_zc[..., None]
 
@@ -431,7 +165,7 @@ def tilt(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float
 def log_partition(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float[Array, "..."]) -> Float[Array, "..."]:
   """``log Z_beta = log E_p exp(r / beta)``; ``beta log Z_beta`` is the optimal value of ``J_beta``."""
   where = "klrl.tilted.log_partition"
-  logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
+  logp, reward, beta = _checks.logp_reward(where, logp, reward, False, beta=(beta, _checks.positive))
   c, log_zc = _log_z(where, logp, reward, beta)
   return c / beta + log_zc
 
@@ -450,7 +184,7 @@ def cumulants(logp: Float[Array, "... v"], reward: Float[Array, "... v"], lam: F
     lam: inverse temperature ``lam = 1/beta >= 0`` (``lam = 0`` gives ``p`` itself).
   """
   where = "klrl.tilted.cumulants"
-  logp, reward, lam = _inputs(where, logp, reward, False, lam=(lam, _checks.nonnegative))
+  logp, reward, lam = _checks.logp_reward(where, logp, reward, False, lam=(lam, _checks.nonnegative))
   return _one_pass(where, logp, reward, lam)
 
 
@@ -462,7 +196,7 @@ def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Floa
   (SPEC section 1), from one pass over the data.
   """
   where = "klrl.tilted.stats"
-  logp, reward, beta = _inputs(where, logp, reward, False, beta=(beta, _checks.positive))
+  logp, reward, beta = _checks.logp_reward(where, logp, reward, False, beta=(beta, _checks.positive))
   c = _one_pass(where, logp, reward, 1.0 / beta)
   return TiltStats(log_z=c.log_z, kl=c.kl, mean_reward=c.mean, var_reward=c.var,
                    entropy=c.cross_entropy - c.kl)
@@ -477,7 +211,7 @@ def objective(logq: Float[Array, "... v"], logp: Float[Array, "... v"], reward: 
   """
   where = "klrl.tilted.objective"
   logq = _checks.floating(where, "logq", logq, 1)
-  logp, reward, beta = _inputs(where, logp, reward, beta=(beta, _checks.positive))
+  logp, reward, beta = _checks.logp_reward(where, logp, reward, beta=(beta, _checks.positive))
   _checks.same_support(where, "logp", logp, "logq", logq)
   shape = jnp.broadcast_shapes(logp.shape, logq.shape)
   logq = jnp.broadcast_to(_checks.log_probs(where, "logq", logq), shape).astype(logp.dtype)
@@ -495,7 +229,7 @@ def max_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Float[
   Budgets at or above it saturate the constraint. Zero for a constant reward.
   """
   where = "klrl.tilted.max_kl"
-  logp, reward = _inputs(where, logp, reward, False)
+  logp, reward = _checks.logp_reward(where, logp, reward, False)
   return -_prepare(where, logp, reward).log_ps
 
 
@@ -524,14 +258,14 @@ _PRESOLVE_MIN_V = 4096   # below this a pass costs less than the loop around it
 _LAST_STEP_G = 0.02
 
 
-def _presolve32(logp, reward, lam, lo, hi, prep: _Prep, target, spread, active):
+def _presolve32(logp, reward, lam, lo, hi, prep: _cum.Prep, target, spread, active):
   """Halley steps with the sums in float32 for rows with ``lam (r_max - r_min) > 1`` (where
   ``K`` has no cancellation), cheaper than float64 passes, to about float32's rounding level of
   ``G`` (``1e-6`` to ``1e-5``). From there one float64 pass usually finishes."""
   tiny = jnp.finfo(logp.dtype).tiny
 
   def evaluate(lam):
-    s0, s1, s2, s3 = _power_sums(logp, reward, prep.l_max, prep.r_max, lam, single=True)[:4]
+    s0, s1, s2, s3 = _cum.power_sums(logp, reward, prep.l_max, prep.r_max, lam, single=True)[:4]
     m = s1 / s0
     var = jnp.maximum(s2 / s0 - m * m, 0.0)
     k3 = s3 / s0 - 3 * m * var - m * m * m
@@ -566,7 +300,7 @@ def _presolve32(logp, reward, lam, lo, hi, prep: _Prep, target, spread, active):
   return jnp.where(keep, lam32, lam), jnp.where(jnp.any(fresh), it + 1, 0)
 
 
-def _solve(logp, reward, delta, prep: _Prep, active):
+def _solve(logp, reward, delta, prep: _cum.Prep, active):
   """Safeguarded Newton for ``K(lam) = delta`` on rows where ``active``; no derivatives.
 
   Returns ``lam``, the number of passes over the data (float64 and float32) and
@@ -589,7 +323,7 @@ def _solve(logp, reward, delta, prep: _Prep, active):
     lam0, it32 = _presolve32(logp, reward, lam0, lo, hi, prep, target, spread, active)
 
   def evaluate(lam):
-    c, k3, mean_gap = _cumulants_block(logp, reward, lam, prep, gap=True, entropy=False, third=True)
+    c, k3, mean_gap = _cum.cumulants_block(logp, reward, lam, prep, gap=True, entropy=False, third=True)
     return _residual(c.kl, c.kl_gap, c.var, lam, target, tiny) + (c.mean, c.kl, c.var, k3, mean_gap)
 
   def finish(lam, ev):
@@ -642,7 +376,7 @@ def _root_jvp(primals, tangents):
   dlogp, dreward, ddelta, _, dprep = tangents
   lam, it, mean, kl, mean_gap = _root(*primals)
   # Implicit function theorem: K(lam) = delta gives K'(lam) dlam = ddelta - dK|_lam.
-  cum_of = lambda lp, r, pr: _cumulants(lp, r, lam, pr, entropy=False)
+  cum_of = lambda lp, r, pr: _cum.cumulants(lp, r, lam, pr, entropy=False)
   zero = lambda t: isinstance(t, SymbolicZero)
   data_tangents = (dlogp, dreward, dprep)
   if all(zero(t) for t in jax.tree.leaves(data_tangents, is_leaf=zero)):   # only delta moves
@@ -725,12 +459,12 @@ def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], d
     ``saturated`` and ``iterations``.
   """
   where = "klrl.tilted.kl_constrained"
-  logp, reward, delta = _inputs(where, logp, reward, False, delta=(delta, _checks.nonnegative))
+  logp, reward, delta = _checks.logp_reward(where, logp, reward, False, delta=(delta, _checks.nonnegative))
   return _kl_constrained(where, logp, reward, delta)
 
 
 def _kl_constrained(where, logp, reward, delta) -> Constrained:
-  """Checked solution. Each block of rows is solved while it is in cache (:mod:`klrl._rows`);
+  """Checked solution. Each block of rows is solved while it is in cache (:mod:`klrl._src.rows`);
   the policy is then written in one pass from the checked per-row results, so the large output
   is neither stacked block by block nor passed through the checks."""
   def rows(logp, reward, delta):
@@ -752,12 +486,12 @@ def _solve_constants(logp, reward, delta):
   (r_max - r_min)^2 / 8``, every iterate (``lam >= sqrt(8 delta) / (r_max - r_min)``) has
   ``lam (r_max - r_min) > 1`` once ``delta > 1/8``."""
   if logp.dtype != jnp.float64 or logp.shape[-1] < _PRESOLVE_MIN_V:
-    return _constants_block(logp, reward, True)
-  return lax.cond(jnp.all(delta > 0.125), _constants_block32, lambda lp, r: _constants_block(lp, r, True),
+    return _cum.constants_block(logp, reward, True)
+  return lax.cond(jnp.all(delta > 0.125), _cum.constants_block32, lambda lp, r: _cum.constants_block(lp, r, True),
                   logp, reward)
 
 
-def _constrained(logp, reward, delta, prep: _Prep, lam, it, mean, kl, mean_gap) -> Constrained:
+def _constrained(logp, reward, delta, prep: _cum.Prep, lam, it, mean, kl, mean_gap) -> Constrained:
   """The solution from the root ``lam`` and ``A'(lam)``, ``K(lam)``, ``A'(lam) - r_max`` of each row."""
   dmax = -prep.log_ps
   saturated = delta >= dmax
@@ -787,7 +521,7 @@ def _constrained(logp, reward, delta, prep: _Prep, lam, it, mean, kl, mean_gap) 
 def frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."]) -> Float[Array, "..."]:
   """The reward-KL frontier ``R(delta) = E_{phi_delta}[r]``: concave, increasing, ``R' = beta``."""
   where = "klrl.tilted.frontier"
-  logp, reward, delta = _inputs(where, logp, reward, False, delta=(delta, _checks.nonnegative))
+  logp, reward, delta = _checks.logp_reward(where, logp, reward, False, delta=(delta, _checks.nonnegative))
   return _kl_constrained(where, logp, reward, delta).mean_reward
 
 
@@ -799,7 +533,7 @@ def dual_frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], de
   Its minimum over ``lam`` is ``R(delta)``; every value is an upper bound on ``R(delta)``.
   """
   where = "klrl.tilted.dual_frontier"
-  logp, reward, delta = _inputs(where, logp, reward, delta=(delta, _checks.nonnegative))
+  logp, reward, delta = _checks.logp_reward(where, logp, reward, delta=(delta, _checks.nonnegative))
   lam = _checks.positive(where, "lam", _checks.floating(where, "lam", lam, 1)).astype(logp.dtype)
   try:
     lam = jnp.broadcast_to(lam, logp.shape[:-1] + lam.shape[-1:])

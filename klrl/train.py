@@ -41,7 +41,8 @@ import optax
 from jax import lax
 from jaxtyping import Array, Bool, Float
 
-from klrl import _checks, divergences, rlvr
+from klrl import divergences
+from klrl._src import checks as _checks, logspace as _logspace
 from klrl.divergences import expectation, log_normalize
 
 __all__ = [
@@ -159,8 +160,8 @@ def _reduce(features, x):
 # Inside the loops the unchecked kernels of klrl.divergences are used: the inputs were checked
 # once at the boundary, iterates are normalised by construction, and a diverging run returns
 # NaN metrics instead of stopping in the middle of the scan.
-_kl = divergences._kl
-_bernoulli_kl_logits = divergences._bernoulli_kl_logits
+_kl = _logspace.kl
+_bernoulli_kl_logits = _logspace.bernoulli_kl_logits
 
 
 def _entropy(logq):
@@ -183,7 +184,7 @@ class _Target(NamedTuple):
 
 def _target(logp, c, beta):
   """``pi*`` and ``logit a*`` at ``beta`` (the tilt of ``klrl.tilted.tilt``, unchecked for the loops)."""
-  la, lw = rlvr._log_masses(logp, c > 0)
+  la, lw = _logspace.log_masses(logp, c > 0)
   return _Target(log_normalize(logp + c / beta[..., None]), la - lw + 1 / beta)
 
 
@@ -207,7 +208,7 @@ def _metrics(logq, logp, c, beta, target: _Target) -> Metrics:
 # Validation shared by the loops.
 
 def _problem(where, logp, correct, beta, features=None, beta_name="beta", beta_check=_checks.positive):
-  logp, correct, _, _, prm = rlvr._inputs(where, logp, correct, **{beta_name: beta})
+  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, **{beta_name: beta})
   b = beta_check(where, beta_name, prm[beta_name])
   if features is not None:
     features = _checks.floating(where, "features", features, 2)

@@ -16,7 +16,7 @@ settings.load_profile("klrl")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from klrl import _rows  # noqa: E402
+from klrl._src import rows as _rows  # noqa: E402
 
 
 @pytest.fixture
@@ -24,17 +24,16 @@ def row_blocks(monkeypatch):
   """``check(fn, *args, rows_per_block)``: ``fn`` on the CPU's row blocks equals ``fn`` whole.
 
   Evaluates ``fn`` once on the whole batch, then again with blocks of ``rows_per_block`` rows
-  (``klrl._rows``), checks that the trace really takes the blocked branch, and compares every
+  (``klrl._src.rows``), checks that the trace really takes the blocked branch, and compares every
   output leaf.
   """
   def check(fn, *args, rows_per_block, rtol=1e-13, atol=1e-15):
     whole = jax.jit(fn)(*args)
-    # Native kernels choose their platform too (klrl._native); the blocks add a choice of their own.
     choices = str(jax.make_jaxpr(fn)(*args)).count("platform_index")
     monkeypatch.setattr(_rows, "rows_per_block", lambda row_bytes: rows_per_block)
     jax.clear_caches()
     try:
-      assert str(jax.make_jaxpr(fn)(*args)).count("platform_index") > choices   # the CPU branch of klrl._rows
+      assert str(jax.make_jaxpr(fn)(*args)).count("platform_index") > choices   # the CPU branch of klrl._src.rows
       blocked = jax.jit(fn)(*args)
     finally:
       monkeypatch.undo()

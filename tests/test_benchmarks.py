@@ -2,7 +2,6 @@
 import pytest
 
 from benchmarks import harness, run
-from klrl import _native
 
 
 def test_speed_up_spread_gives_quartiles_from_eight_rounds():
@@ -22,7 +21,6 @@ def test_quick_tilted_suite_runs_and_reports_paired_ratios(capsys):
   run.main(["--suite", "tilted", "--quick", "--min-log2v", "12", "--rounds", "2"])
   out = capsys.readouterr().out
   rows = [line for line in out.splitlines() if line.startswith("| tilted |")]
-  native = {"kl_constrained (native kernels)"} if _native.available() else set()
-  assert {line.split("|")[2].strip() for line in rows} == {"stats", "kl_constrained"} | native
+  assert {line.split("|")[2].strip() for line in rows} == {"stats", "kl_constrained"}
   assert all("over 2 rounds" in line for line in rows)
   assert "saved" not in out   # quick runs are saved only when named with --tag

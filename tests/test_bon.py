@@ -487,7 +487,7 @@ def test_bad_input_under_jit_still_names_the_argument():
 
 
 def test_row_blocks_give_the_whole_batch_stats(row_blocks):
-  """On the CPU ``stats`` works in blocks of rows (``klrl._rows``); values and gradients agree."""
+  """On the CPU ``stats`` works in blocks of rows (``klrl._src.rows``); values and gradients agree."""
   logp, reward = problems.random_problem(jax.random.PRNGKey(5), 8, 32, ties=3, zero_mass=2)
   fn = lambda lp, nn: (B.stats(lp, reward, nn), jax.grad(lambda a, b: jnp.sum(B.stats(a, reward, b).kl), (0, 1))(lp, nn))
   row_blocks(fn, logp, jnp.linspace(1.0, 50.0, 8), rows_per_block=2, rtol=1e-12)

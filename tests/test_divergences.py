@@ -112,7 +112,7 @@ def test_broadcast_reference_against_a_batch():
 
 def test_gradients_through_row_blocks(monkeypatch):
   from jax.test_util import check_grads
-  from klrl import _rows
+  from klrl._src import rows as _rows
   monkeypatch.setattr(_rows, "rows_per_block", lambda row_bytes: 1)
   jax.clear_caches()
   x, y = jnp.asarray(RNG.normal(size=(3, 5))), jnp.asarray(RNG.normal(size=(3, 5)))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from klrl import _rows, bon, chains, divergences, memoryless, problems, rlvr, tilted
+from klrl import bon, chains, divergences, memoryless, problems, rlvr, tilted
+from klrl._src import rows as _rows
 
 MESH = Mesh(np.array(jax.devices()[:1]), ("rows",))
 B, V = 4, tilted._PRESOLVE_MIN_V   # kl_constrained with its float32 presolve
@@ -32,7 +33,7 @@ def kernels(reducible):
 
 @pytest.fixture
 def blocked(monkeypatch):
-  """Two rows per block, so that the CPU's row blocks (:mod:`klrl._rows`) are traced too."""
+  """Two rows per block, so that the CPU's row blocks (:mod:`klrl._src.rows`) are traced too."""
   monkeypatch.setattr(_rows, "rows_per_block", lambda row_bytes: 2)
   jax.clear_caches()
   yield

@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 from jax.test_util import check_grads
 
 from klrl import InputError, divergences as D, problems, tilted as T
+from klrl._src import cumulants as _cumulants
 
 mp.mp.dps = 30
 
@@ -122,7 +123,7 @@ def test_float32_phase_of_the_float64_solve(temperature, monkeypatch):
   slope = jax.grad(lambda d: jnp.sum(T.kl_constrained(logp, r, d).mean_reward))(jnp.asarray(deltas))
   np.testing.assert_allclose(np.asarray(slope)[live], np.asarray(out.beta)[live], rtol=1e-8)   # dR/d delta = beta
 
-  prep = T._constants(logp, r)[0]
+  prep = _cumulants.constants(logp, r)[0]
   active = deltas < -np.asarray(prep.log_ps)
   solve = lambda: jax.jit(lambda lp, rr, d: T._solve(lp, rr, d, prep, active))(logp, r, deltas)
   lam_mixed = solve()[0]
@@ -170,7 +171,7 @@ def test_float32_constants_give_the_float64_solution(monkeypatch):
     return c.log_policy, c.lam, c.mean_reward, c.kl, g
 
   fast = [solve(r, d) for r, d in zip(batches, deltas)]
-  monkeypatch.setattr(T, "_solve_constants", lambda lp, r, d: T._constants_block(lp, r, True))
+  monkeypatch.setattr(T, "_solve_constants", lambda lp, r, d: _cumulants.constants_block(lp, r, True))
   jax.clear_caches()
   for got, r, d in zip(fast, batches, deltas):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(solve(r, d))):
@@ -380,7 +381,7 @@ def test_bad_input_under_jit_still_names_the_argument():
 
 
 def test_a_passing_check_leaves_values_bit_for_bit():
-  from klrl import _checks
+  from klrl._src import checks as _checks
   x = jnp.array([-0.0, 0.0, 1.5, -jnp.inf])
   out = _checks.finite_probe("w", "x", x, jnp.zeros(()))
   assert np.array_equal(np.signbit(out), np.signbit(x)) and np.array_equal(out, x)
@@ -400,7 +401,7 @@ def test_parameters_broadcast_against_batch_axes():
 
 @pytest.mark.parametrize("rows_per_block", [1, 3])
 def test_row_blocks_give_the_whole_batch_results(row_blocks, rows_per_block):
-  """On the CPU rows are reduced in blocks (``klrl._rows``); values and gradients do not change."""
+  """On the CPU rows are reduced in blocks (``klrl._src.rows``); values and gradients do not change."""
   logp, reward = problems.random_problem(jax.random.PRNGKey(3), 12, 64, ties=2, zero_mass=3)
   logp, reward = logp.reshape(3, 4, 64), reward.reshape(3, 4, 64)
 

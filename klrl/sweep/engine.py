@@ -22,14 +22,11 @@ says how to merge the hosts' directories with ``klrl merge``.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
-import platform
 import re
 import socket
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -38,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from klrl import _native
 from klrl.sweep import store
 from klrl.sweep.config import Config
 from klrl.sweep.experiments import EXPERIMENTS
@@ -89,17 +85,10 @@ class ChunkFailed(store.SweepError):
                f"{m.group(1) if m else msg[:2000]}")
 
 
-@functools.cache
-def versions() -> dict[str, str]:
-  from klrl import __version__
-  out = {"python": platform.python_version(), "klrl": __version__}
-  for pkg in ("jax", "jaxlib", "numpy", "equinox", "jaxtyping"):
-    try:
-      out[pkg] = metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-      pass
-  out["native_kernels"] = _native.status()   # results differ from XLA's at rounding level
-  return out
+def versions() -> dict:
+  """What the results were computed with (:func:`klrl.info`)."""
+  from klrl import info
+  return info()
 
 
 def point_fn(name: str, static: tuple[tuple[str, Any], ...], precision: str):

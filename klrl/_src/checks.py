@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from klrl._src import logspace as _logspace
+
 __all__ = ["InputError", "public"]
 
 
@@ -289,3 +291,68 @@ def integers(where: str, name: str, x, size: int) -> jax.Array:
 def holds(where: str, name: str, x: jax.Array, ok: jax.Array, what: str) -> jax.Array:
   """Returns ``x`` (an array or a pytree) tied to the run-time condition ``ok`` (every entry true)."""
   return _tie(x, ~jnp.all(ok), f"{where}: argument '{name}' {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A reference and a reward on one support (tilted policies, best-of-N, large deviations).
+
+def logp_reward(where, logp, reward, values=True, **params):
+  """Checks and broadcasts ``logp``, ``reward`` and per-row parameters to one batch shape.
+
+  ``params`` maps a name to ``(value, check)``; each value is a scalar or an array over batch
+  axes. Value checks of ``logp``/``reward`` are skipped when ``values=False`` (the caller folds
+  them into their first pass over the data). Returns ``logp, reward, *params``.
+  """
+  logp = floating(where, "logp", logp, 1)
+  reward = floating(where, "reward", reward, 1)
+  same_support(where, "logp", logp, "reward", reward)
+  batch = np.broadcast_shapes(logp.shape[:-1], reward.shape[:-1])
+  xs = []
+  for name, (value, check) in params.items():
+    x = floating(where, name, value)
+    try:
+      batch = np.broadcast_shapes(batch, x.shape)
+    except ValueError:
+      _fail(where, name, f"has shape {x.shape}, which does not broadcast with the batch axes {batch} of 'logp'/'reward'")
+    xs.append((name, x, check))
+  dtype = jnp.result_type(logp, reward)
+  if values:
+    logp, reward = log_probs(where, "logp", logp), finite(where, "reward", reward)
+  shape = batch + logp.shape[-1:]
+  out = [jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)]
+  out += [check(where, name, jnp.broadcast_to(x, batch).astype(dtype)) for name, x, check in xs]
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts with verifier verdicts (RLVR and its training loops).
+
+def prompts(where, logp, correct, name="logp", batch=(), **params):
+  """Checks ``logp``/``correct`` and per-prompt parameters; broadcasts all to one batch shape.
+
+  Returns ``(logp, correct, log a_ref, log(1 - a_ref), params)``, the row quantities and the
+  parameters broadcast to the common batch shape and cast to the floating dtype. ``logp`` is
+  the reference (named ``name`` in messages); every prompt needs a correct response of positive
+  reference probability. ``batch`` is a further batch shape to broadcast to.
+  """
+  logp = floating(where, name, logp, 1)
+  correct = mask(where, "correct", correct)
+  same_support(where, name, logp, "correct", correct)
+  batch = np.broadcast_shapes(logp.shape[:-1], correct.shape[:-1], batch)
+  params = {k: floating(where, k, v) for k, v in params.items()}
+  for key, v in params.items():
+    try:
+      batch = np.broadcast_shapes(batch, v.shape)
+    except ValueError:
+      _fail(where, key, f"has shape {v.shape}, which does not broadcast with the prompts' batch shape {batch}")
+  dtype = jnp.result_type(logp, *params.values())
+  logp = log_probs(where, name, logp)
+  la, lw = _logspace.log_masses(logp, correct)
+  if name == "logp":   # tied to every row quantity, so that no output escapes the check
+    logp, la, lw = holds(where, "correct", (logp, la, lw), la > -jnp.inf,
+                                 "marks no response of positive reference probability as correct in some "
+                                 "prompt (the reference accuracy must be > 0)")
+  shape = batch + logp.shape[-1:]
+  cast = lambda x, s: jnp.broadcast_to(x, s).astype(dtype)
+  return (cast(logp, shape), jnp.broadcast_to(correct, shape), cast(la, batch), cast(lw, batch),
+          {k: cast(v, batch) for k, v in params.items()})
