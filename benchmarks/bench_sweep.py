@@ -77,14 +77,14 @@ def measure(log2v: int, seeds: int, deltas: int, chunk: int, repeats: int) -> di
     outs = []
     for c in chunks:
       key = engine._static(cfg, c)
-      f, sharding = engine.kernel(cfg.experiment, key, cfg.precision, devices)
+      f, sharding, _ = engine.kernel(cfg.experiment, key, cfg.precision, devices)
       if not per_device:   # the same vmap, split by the compiler's partitioner alone
         if key not in partitioned:
           partitioned[key] = jax.jit(jax.vmap(engine.point_fn(cfg.experiment, key, cfg.precision)),
                                      in_shardings=sharding, out_shardings=sharding)
         f = partitioned[key]
       outs.append(f(jax.device_put(engine.inputs(cfg, g, c, batches[key]), sharding)))
-    return [{k: np.asarray(v) for k, v in o.items()} for o in outs]
+    return [{k: np.asarray(v) for k, v in o[0].items()} for o in outs]
 
   times = {True: [], False: []}
   for per_device in times:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
+import os
 import sys
 import time
 import tomllib
@@ -16,9 +17,35 @@ from pathlib import Path
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
 
+def cache_dir() -> Path:
+  """The default folder of JAX's persistent compilation cache for ``klrl run`` and ``klrl sweep``:
+  ``$KLRL_CACHE_DIR``, else ``$XDG_CACHE_HOME/klrl/jax`` (``~/.cache/klrl/jax``)."""
+  if os.environ.get("KLRL_CACHE_DIR"):
+    return Path(os.environ["KLRL_CACHE_DIR"]).expanduser()
+  return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "klrl" / "jax"
+
+
+def _use_cache(args) -> None:
+  """Points JAX's persistent compilation cache at ``--cache-dir`` (default :func:`cache_dir`),
+  unless ``--no-cache``: a second run in a fresh process then loads what the first compiled."""
+  if args.no_cache:
+    return
+  import jax
+  path = Path(args.cache_dir).expanduser() if args.cache_dir else cache_dir()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    print(f"klrl: compilation cache {path} unusable ({e}); compiling without it", file=sys.stderr)
+    return
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def _run(args) -> int:
   import jax
   jax.config.update("jax_enable_x64", True)   # the report checks theorems in float64
+  _use_cache(args)
   from klrl import __version__
   from klrl.report import Context, write_report
   from klrl.report.sections import SECTIONS
@@ -74,6 +101,7 @@ def _sweep(args) -> int:
   if args.dry_run:
     print(engine.describe(cfg))
     return 0
+  _use_cache(args)
   out = Path(args.out or cfg.out or Path("runs") / "sweeps" / Path(args.config).stem)
   dist = engine.distributed_settings(cfg.distributed, args.distributed, coordinator_address=args.coordinator,
                                      num_processes=args.num_processes, process_id=args.process_id)
@@ -112,8 +140,22 @@ def _plot(args) -> int:
   return 0
 
 
+class _Version(argparse.Action):
+  def __call__(self, parser, namespace, values, option_string=None):
+    from klrl._info import describe
+    print(describe())
+    parser.exit()
+
+
+def _cache_options(p) -> None:
+  p.add_argument("--cache-dir", help="JAX's persistent compilation cache (default: $KLRL_CACHE_DIR, else ~/.cache/klrl/jax)")
+  p.add_argument("--no-cache", action="store_true", help="compile without the persistent compilation cache")
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="klrl", description=__doc__.splitlines()[0])
+  parser.add_argument("--version", action=_Version, nargs=0,
+                      help="print the versions, backend, devices and computation path, and exit")
   sub = parser.add_subparsers(dest="command", required=True)
   run = sub.add_parser("run", help="the theorem atlas: every report section (default: configs/default.toml)")
   run.add_argument("--config", help="TOML configuration file")
@@ -121,6 +163,7 @@ def main(argv=None) -> int:
   run.add_argument("--sections", help="comma-separated subset of sections to run")
   run.add_argument("--scale", action="store_true", help="accelerator-sized instances")
   run.add_argument("--quiet", action="store_true", help="print only where the results went")
+  _cache_options(run)
 
   sw = sub.add_parser("sweep", help="run (or resume) the sweep of a TOML configuration")
   sw.add_argument("config", help="sweep configuration (see configs/sweeps/)")
@@ -132,6 +175,7 @@ def main(argv=None) -> int:
   sw.add_argument("--coordinator", help="multi-host: address host:port of process 0 (JAX_COORDINATOR_ADDRESS)")
   sw.add_argument("--num-processes", type=int, help="multi-host: number of processes (JAX_NUM_PROCESSES)")
   sw.add_argument("--process-id", type=int, help="multi-host: index of this process (JAX_PROCESS_ID)")
+  _cache_options(sw)
 
   mg = sub.add_parser("merge", help="merge the chunk files of a sweep (one directory or one per host)")
   mg.add_argument("dirs", nargs="+", help="results directories of the same configuration")

@@ -44,7 +44,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
-from klrl._src import checks as _checks, cumulants as _cum, rows as _rows
+from klrl._src import checks as _checks, cumulants as _cum, roots as _roots, rows as _rows
 from klrl._src.cumulants import Cumulants
 from klrl._src.logspace import expectation, kl as _kl
 
@@ -84,6 +84,7 @@ class Constrained(NamedTuple):
   lam: Array
   saturated: Array
   iterations: Array
+  converged: Array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,21 +240,6 @@ def _residual(kl, gap, var, lam, target, tiny):
   return jnp.log(kl) - jnp.log(gap) - target, lam * var * (1 / kl + 1 / gap)
 
 
-def _newton(lam, lo, hi, g, dg, spread, moving, tiny, d2g=None):
-  """One safeguarded Newton step on ``G`` (Halley's when ``d2g = G''`` is given), and the
-  updated bracket ``lo < root < hi``."""
-  lo = jnp.where(g < 0, lam, lo)
-  hi = jnp.where(g > 0, lam, hi)
-  # Newton in log(lam) where G is ~linear in log(lam), in lam where it is ~linear in lam.
-  new = jnp.where(lam * spread <= 1.0, lam * jnp.exp(-g / jnp.maximum(lam * dg, tiny)), lam - g / dg)
-  if d2g is not None:
-    den = 2 * dg * dg - g * d2g
-    new = jnp.where(den > dg * dg, lam - 2 * g * dg / den, new)
-  bisect = jnp.where(jnp.isfinite(hi), jnp.sqrt(lo * hi), 4 * lam)
-  ok = jnp.isfinite(new) & (new > lo) & (new < hi)
-  return jnp.where(moving, jnp.where(ok, new, bisect), lam), lo, hi
-
-
 _PRESOLVE_MIN_V = 4096   # below this a pass costs less than the loop around it
 _LAST_STEP_G = 0.02
 
@@ -278,26 +264,18 @@ def _presolve32(logp, reward, lam, lo, hi, prep: _cum.Prep, target, spread, acti
     floor = jnp.maximum(3e-6, 1e-6 * (jnp.abs(lam * m) + jnp.abs(kl - lam * m)) * (1 / kl + 1 / gap))
     return jnp.where(s0 > 0, g, jnp.nan), dg, d2g, floor   # NaN: every weight underflowed
 
-  def going(lam, g, floor, near):
-    return active & (lam * spread > 1.0) & (jnp.abs(g) > jnp.maximum(floor, near))
-
-  def cond(state):
-    lam, lo, hi, g, dg, d2g, floor, it = state
-    return (it < 8) & jnp.any(going(lam, g, floor, _LAST_STEP_G))
-
-  def body(state):
-    lam, lo, hi, g, dg, d2g, floor, it = state
-    lam, lo, hi = _newton(lam, lo, hi, g, dg, spread, going(lam, g, floor, _LAST_STEP_G), tiny, d2g)
-    return (lam, lo, hi) + evaluate(lam) + (it + 1,)
-
-  fresh = active & (lam * spread > 1.0)
-  lam32, lo, hi, g, dg, d2g, floor, it = lax.while_loop(cond, body, (lam, lo, hi) + evaluate(lam) + (jnp.array(0),))
+  large = lambda lam: lam * spread > 1.0
+  done = lambda lam, v: ~large(lam) | ~(jnp.abs(v[0]) > jnp.maximum(v[3], _LAST_STEP_G))
+  root = _roots.solve(evaluate, lam, lo, hi, active, done=done, max_steps=8, halley=True, log_newton=lambda x: ~large(x))
+  g, dg, d2g, floor = root.value
   # Halley's error is cubic: from |G| <= _LAST_STEP_G one more step lands near float32's rounding
   # level, so it is taken without a float32 pass to confirm it (the float64 pass does).
-  lam32 = _newton(lam32, lo, hi, g, dg, spread, going(lam32, g, floor, 0.0), tiny, d2g)[0]
+  last = active & large(root.x) & (jnp.abs(g) > floor)
+  lam32 = _roots.step(root.x, root.lo, root.hi, g, dg, last, d2g=d2g, log_newton=~large(root.x))[0]
   # A row whose float32 sums failed (NaN) or left it outside the large regime starts afresh.
-  keep = fresh & jnp.isfinite(lam32) & (lam32 * spread > 1.0)
-  return jnp.where(keep, lam32, lam), jnp.where(jnp.any(fresh), it + 1, 0)
+  fresh = active & large(lam)
+  keep = fresh & jnp.isfinite(lam32) & large(lam32)
+  return jnp.where(keep, lam32, lam), jnp.where(jnp.any(fresh), root.iterations + 1, 0)
 
 
 def _solve(logp, reward, delta, prep: _cum.Prep, active):
@@ -340,41 +318,33 @@ def _solve(logp, reward, delta, prep: _cum.Prep, active):
     dmean = var * h + 0.5 * k3 * h * h
     return h, ok, (mean + dmean, kl + dk * h + 0.5 * d2k * h * h, mean_gap + dmean)
 
-  def going(lam, ev):
-    return active & (jnp.abs(ev[0]) > tol) & ~finish(lam, ev)[1]
-
-  def cond(state):
-    lam, lo, hi, ev, it = state
-    return (it < 60) & jnp.any(going(lam, ev) & (~jnp.isfinite(hi) | (hi - lo > 1e-15 * hi)))
-
-  def body(state):
-    lam, lo, hi, ev, it = state
-    lam, lo, hi = _newton(lam, lo, hi, ev[0], ev[1], spread, going(lam, ev), tiny)
-    return lam, lo, hi, evaluate(lam), it + 1
-
-  lam, _, _, ev, it = lax.while_loop(cond, body, (lam0, lo, hi, evaluate(lam0), jnp.array(0)))
+  done = lambda lam, ev: ~(jnp.abs(ev[0]) > tol) | finish(lam, ev)[1]
+  root = _roots.solve(evaluate, lam0, lo, hi, active, done=done, max_steps=60, closed_rtol=1e-15,
+                      log_newton=lambda lam: lam * spread <= 1.0)
+  lam, ev = root.x, root.value
   # The last step without a pass where the Taylor model is exact to the tolerance.
   h, ok, (mean, kl, mean_gap) = finish(lam, ev)
   step = active & (jnp.abs(ev[0]) > tol) & ok
-  return (jnp.where(step, lam + h, lam), it + 1 + it32, jnp.where(step, mean, ev[2]), jnp.where(step, kl, ev[3]),
-          jnp.where(step, mean_gap, ev[6]))
+  return (jnp.where(step, lam + h, lam), root.iterations + 1 + it32, jnp.where(step, mean, ev[2]),
+          jnp.where(step, kl, ev[3]), jnp.where(step, mean_gap, ev[6]), root.converged)
 
 
 @jax.custom_jvp
 def _root(logp, reward, delta, saturated, prep):
   """``lam`` with ``K(lam) = delta`` (0 where ``delta = 0`` or the row is saturated), the solve's
-  passes, and ``A'(lam)``, ``K(lam)`` and ``A'(lam) - r_max`` from the solver's last pass. The
-  last is for a rounding correction only (:func:`_log_policy`) and carries no derivative."""
+  passes, ``A'(lam)``, ``K(lam)`` and ``A'(lam) - r_max`` from the solver's last pass, and whether
+  the solve converged. ``A'(lam) - r_max`` is for a rounding correction only (:func:`_log_policy`)
+  and carries no derivative."""
   active = (~saturated) & (delta > 0)
-  lam, it, mean, kl, mean_gap = _solve(logp, reward, delta, prep, active)
+  lam, it, mean, kl, mean_gap, converged = _solve(logp, reward, delta, prep, active)
   return (jnp.where(active, lam, 0.0), it, jnp.where(active, mean, prep.mu), jnp.where(active, kl, 0.0),
-          jnp.where(active, mean_gap, prep.mu - prep.r_max))
+          jnp.where(active, mean_gap, prep.mu - prep.r_max), converged)
 
 
 def _root_jvp(primals, tangents):
   logp, reward, delta, saturated, prep = primals
   dlogp, dreward, ddelta, _, dprep = tangents
-  lam, it, mean, kl, mean_gap = _root(*primals)
+  lam, it, mean, kl, mean_gap, converged = _root(*primals)
   # Implicit function theorem: K(lam) = delta gives K'(lam) dlam = ddelta - dK|_lam.
   cum_of = lambda lp, r, pr: _cum.cumulants(lp, r, lam, pr, entropy=False)
   zero = lambda t: isinstance(t, SymbolicZero)
@@ -389,8 +359,9 @@ def _root_jvp(primals, tangents):
   slope = lam * c.var                                   # K'(lam) = lam A''(lam)
   inv = jnp.where(slope > 0, 1 / jnp.where(slope > 0, slope, 1.0), 0.0)
   dlam = inv * ((0.0 if zero(ddelta) else ddelta) - dk)
-  return (lam, it, mean, kl, mean_gap), (dlam, jnp.zeros(it.shape, jax.dtypes.float0), dmean + c.var * dlam,
-                                         dk + slope * dlam, jnp.zeros_like(mean_gap))
+  float0 = lambda x: jnp.zeros(x.shape, jax.dtypes.float0)
+  return (lam, it, mean, kl, mean_gap, converged), (dlam, float0(it), dmean + c.var * dlam, dk + slope * dlam,
+                                                    jnp.zeros_like(mean_gap), float0(converged))
 
 
 _root.defjvp(_root_jvp, symbolic_zeros=True)
@@ -456,7 +427,7 @@ def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], d
 
   Returns:
     A :class:`Constrained` with ``beta``, ``log_policy``, ``kl``, ``mean_reward``, ``lam``,
-    ``saturated`` and ``iterations``.
+    ``saturated``, ``iterations`` and ``converged``.
   """
   where = "klrl.tilted.kl_constrained"
   logp, reward, delta = _checks.logp_reward(where, logp, reward, False, delta=(delta, _checks.nonnegative))
@@ -470,13 +441,13 @@ def _kl_constrained(where, logp, reward, delta) -> Constrained:
   def rows(logp, reward, delta):
     prep, total, probe = _solve_constants(logp, reward, delta)
     saturated = delta >= -prep.log_ps
-    lam, it, mean, kl, mean_gap = _root(logp, reward, delta, saturated, prep)
-    return (lam, jnp.broadcast_to(it, delta.shape), mean, kl, mean_gap, prep), total, probe
+    lam, it, mean, kl, mean_gap, converged = _root(logp, reward, delta, saturated, prep)
+    return (lam, jnp.broadcast_to(it, delta.shape), mean, kl, mean_gap, converged, prep), total, probe
 
   row, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, delta)
-  lam, it, mean, kl, mean_gap, prep = _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", row, total),
+  lam, it, mean, kl, mean_gap, converged, prep = _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", row, total),
                                                            probe)
-  return _constrained(logp, reward, delta, prep, lam, jnp.max(it, initial=0), mean, kl, mean_gap)
+  return _constrained(logp, reward, delta, prep, lam, jnp.max(it, initial=0), mean, kl, mean_gap, converged)
 
 
 def _solve_constants(logp, reward, delta):
@@ -491,7 +462,7 @@ def _solve_constants(logp, reward, delta):
                   logp, reward)
 
 
-def _constrained(logp, reward, delta, prep: _cum.Prep, lam, it, mean, kl, mean_gap) -> Constrained:
+def _constrained(logp, reward, delta, prep: _cum.Prep, lam, it, mean, kl, mean_gap, converged) -> Constrained:
   """The solution from the root ``lam`` and ``A'(lam)``, ``K(lam)``, ``A'(lam) - r_max`` of each row."""
   dmax = -prep.log_ps
   saturated = delta >= dmax
@@ -514,6 +485,7 @@ def _constrained(logp, reward, delta, prep: _cum.Prep, lam, it, mean, kl, mean_g
       lam=jnp.where(saturated, jnp.inf, lam),
       saturated=saturated,
       iterations=it,
+      converged=converged,
   )
 
 

@@ -1,32 +1,50 @@
 """Input validation at the public boundary of klrl.
 
 Every public function of klrl is wrapped by :func:`public`. Shape and dtype problems are
-found while tracing (plain Python, so also under ``jax.jit``); value problems (NaN, infinite
-rewards, log-probabilities that do not normalise, ``beta <= 0``, ...) are checked inside the
-compiled computation with :func:`equinox.error_if`, so they are caught whether or not the
-caller jits. Either way the error is an :class:`InputError` (a ``ValueError``) whose message
-names the function and the argument. Inside a caller's own ``jax.jit`` the same message
-arrives wrapped in JAX's runtime error.
+found while tracing (plain Python, so also under ``jax.jit``) and raise :class:`InputError`
+at once. Value problems (NaN, infinite rewards, log-probabilities that do not normalise,
+``beta <= 0``, ...) are found inside the compiled computation, without host callbacks, so
+that JAX's persistent compilation cache can store every public function:
+
+- each check records an integer code (0 when it holds) in the :class:`Errors` of the call
+  being traced, and returns its argument unchanged;
+- called on concrete arrays, a public function returns its outputs and the codes from one
+  compiled function; the wrapper reads the codes and raises :class:`InputError` naming the
+  function and the argument;
+- called on traced values (inside a caller's ``jax.jit``, ``vmap``, ``grad`` or
+  ``shard_map``) the codes are tied to the outputs through one host callback that raises the
+  same message when the computation runs (JAX wraps it in its runtime error; the message is
+  also logged first, so that it heads the output);
+- :func:`collect` traces a function with the codes returned as an output instead: the sweep
+  engine uses it so that its compiled kernels stay free of callbacks too.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import numbers
-import re
+import threading
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import core as _core   # the current trace: checks in nested transformations
 from jax.scipy.special import logsumexp
 
 from klrl._src import logspace as _logspace
 
-__all__ = ["InputError", "public"]
+__all__ = ["InputError", "public", "collect", "raise_codes"]
+
+_log = logging.getLogger("klrl")
 
 
 class InputError(ValueError):
   """Bad input to a public klrl function; the message names the argument."""
+
+
+InputError.__module__ = "klrl"
 
 
 def _as_array(fn_name: str, name: str, x):
@@ -39,13 +57,117 @@ def _as_array(fn_name: str, name: str, x):
   return x
 
 
-_MESSAGE = re.compile(r"klrl\.[\w.]+: argument '.*")
+# ---------------------------------------------------------------------------------------------
+# Error codes collected while a public function is traced.
+
+def _current_trace():
+  return _core.trace_ctx.trace
 
 
-def _message(err: Exception) -> str:
-  """The klrl message inside an equinox error (which also carries stack traces)."""
-  found = _MESSAGE.findall(str(err))
-  return found[-1].strip() if found else str(err).strip()
+@dataclasses.dataclass
+class Errors:
+  """The run-time checks of one trace: a code per check and the messages the codes index.
+
+  A check's code is 0 when it holds, else ``1 + i`` for the message ``messages[i]``. Checks
+  met in a nested transformation (a ``vmap`` or loop body inside the function) cannot hand
+  their codes out; they are tied to their values by a host callback instead (see :func:`_tie`).
+  """
+  codes: list = dataclasses.field(default_factory=list)
+  messages: list = dataclasses.field(default_factory=list)
+  trace: object = dataclasses.field(default_factory=_current_trace)
+
+  def add(self, bad, msgs, index):
+    first = len(self.messages)
+    self.messages.extend(msgs)
+    self.codes.append(jnp.where(bad, first + 1 + index, 0).astype(jnp.int32))
+
+  def stacked(self):
+    return jnp.stack(vary_alike(self.codes)) if self.codes else jnp.zeros((0,), jnp.int32)
+
+
+_state = threading.local()
+
+
+def _active() -> Errors | None:
+  stack = getattr(_state, "stack", None)
+  return stack[-1] if stack else None
+
+
+def _tracing(fn, *args, **kwargs):
+  """``fn(*args, **kwargs)`` and the :class:`Errors` its checks recorded."""
+  errors = Errors()
+  _state.stack = getattr(_state, "stack", []) + [errors]
+  try:
+    out = fn(*args, **kwargs)
+  finally:
+    _state.stack = _state.stack[:-1]
+  return out, errors
+
+
+def collect(fn):
+  """``fn`` returning ``(outputs, codes, messages)``: its checks' codes as an ``int32`` array
+  (last axis: one per check, batch axes where the caller vmaps) and their messages as a static
+  tuple. Public functions called inside ``fn`` record their checks there too. For callers that
+  compile ``fn`` themselves and want no host callback in it; read the codes with
+  :func:`raise_codes`."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    out, errors = _tracing(fn, *args, **kwargs)
+    return out, errors.stacked(), tuple(errors.messages)
+  return traced
+
+
+def first_error(codes, messages) -> str | None:
+  """The message of the first failing check in ``codes`` (any leading batch axes), or None."""
+  codes = np.asarray(codes)
+  if not codes.size:
+    return None
+  worst = codes.reshape(-1, codes.shape[-1]).max(axis=0)     # the gravest branch of each check
+  failing = np.flatnonzero(worst)
+  return messages[worst[failing[0]] - 1] if failing.size else None
+
+
+def raise_codes(codes, messages) -> None:
+  """Raises :class:`InputError` for the first failing check, if any."""
+  msg = first_error(codes, messages)
+  if msg is not None:
+    raise InputError(msg)
+
+
+def _raise_at_run_time(codes, messages):
+  """A ``float32`` zero that raises :class:`InputError` when computed with a failing code.
+
+  The host callback runs only where a check fails, except inside ``shard_map``, where it runs
+  on every call (a conditional there fails under ``vmap`` in jax 0.10).
+  """
+  def check(codes):
+    msg = first_error(codes, messages)
+    if msg is not None:
+      _log.error("klrl.InputError: %s", msg)
+      raise InputError(msg)
+    return np.zeros(codes.shape[:-1], np.float32)     # batch axes where the caller vmaps
+
+  def fail(codes):
+    return jax.pure_callback(check, jax.ShapeDtypeStruct((), jnp.float32), codes, vmap_method="broadcast_all")
+
+  @jax.custom_jvp
+  def zero(codes):
+    if _varying(codes):
+      return fail(codes)
+    return jax.lax.cond(jnp.any(codes != 0), fail, lambda c: jnp.zeros((), jnp.float32), codes)
+
+  zero.defjvp(lambda primals, tangents: (zero(*primals), jnp.zeros((), jnp.float32)))
+  return zero(codes)
+
+
+def _tie_to(x, zero):
+  """``x`` with every leaf tied to the scalar ``zero`` (``x - 0`` is ``x`` bit for bit, ``-0.0``
+  included; a mask is tied by ``x != False``)."""
+  def tie(leaf):
+    if not isinstance(leaf, jax.Array):
+      return leaf
+    return leaf != (zero != 0) if leaf.dtype == jnp.bool_ else leaf - zero.astype(leaf.dtype)
+  return jax.tree.map(tie, x)
 
 
 def public(fn=None, *, static: tuple[str, ...] = ()):
@@ -57,9 +179,8 @@ def public(fn=None, *, static: tuple[str, ...] = ()):
   """
   if fn is None:
     return functools.partial(public, static=static)
-  jitted = eqx.filter_jit(fn)
+  jitted = eqx.filter_jit(collect(fn))
   names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
-
   where = f"{fn.__module__}.{fn.__name__}"
 
   @functools.wraps(fn)
@@ -67,10 +188,16 @@ def public(fn=None, *, static: tuple[str, ...] = ()):
     args = tuple(a if n in static else _as_array(where, n, a) for n, a in zip(names, args))
     kwargs = {k: v if k in static else _as_array(where, k, v) for k, v in kwargs.items()}
     args, kwargs = vary_alike((args, kwargs))
-    try:
-      return jitted(*args, **kwargs)
-    except (eqx.EquinoxRuntimeError, eqx.EquinoxTracetimeError) as e:
-      raise InputError(_message(e)) from None
+    if _active() is not None:          # inside another public function or `collect`
+      return fn(*args, **kwargs)       # its checks are recorded there, or tied (see `_tie`)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+      out, errors = _tracing(fn, *args, **kwargs)
+      if not errors.codes:
+        return out
+      return _tie_to(out, _raise_at_run_time(errors.stacked(), tuple(errors.messages)))
+    out, codes, messages = jitted(*args, **kwargs)
+    raise_codes(codes, messages)
+    return out
 
   wrapper.__wrapped__ = fn
   return wrapper
@@ -165,25 +292,20 @@ def integer(where: str, name: str, x, low: int) -> int:
 # Run-time (value) checks: each returns its argument, tied to the check.
 
 def _tie(x, bad, msgs, index=0):
-  """Returns the pytree ``x`` tied to a run-time check that raises ``msgs[index]`` where ``bad``.
+  """Records the run-time check "``msgs[index]`` where ``bad``" (``bad`` a boolean scalar,
+  ``index`` an integer scalar choosing among ``msgs``) and returns ``x``.
 
-  Every leaf is tied through a zero from the check, subtracted from it (``x - 0`` is ``x`` bit
-  for bit, ``-0.0`` included; a mask is tied by ``x != False``): an array passed through the
-  check itself (a conditional) is copied whole by XLA, which for a ``B x V`` input costs more
-  than the check, and under ``shard_map`` the conditional's branches would differ in how their
-  outputs vary over the mesh.
+  Outside a public function (an unchecked internal call) the check is tied to ``x`` through a
+  host callback that raises when it fails.
   """
   msgs = (msgs,) if isinstance(msgs, str) else tuple(msgs)
-  leaves, tree = jax.tree.flatten(x)
-  if not leaves:
+  errors = _active()
+  if errors is not None and errors.trace is _current_trace():
+    errors.add(bad, msgs, index)
     return x
-  zero = eqx.branched_error_if(jnp.zeros((), jnp.float32), bad, index, msgs)
-
-  def tie(leaf):
-    dtype = jnp.result_type(leaf)
-    return leaf != (zero != 0) if dtype == jnp.bool_ else leaf - zero.astype(dtype)
-
-  return jax.tree.unflatten(tree, [tie(leaf) for leaf in leaves])
+  own = Errors()
+  own.add(bad, msgs, index)
+  return _tie_to(x, _raise_at_run_time(own.stacked(), tuple(own.messages)))
 
 
 def _tol(dtype) -> float:

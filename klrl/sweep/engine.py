@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from klrl._src import checks
 from klrl.sweep import store
 from klrl.sweep.config import Config
 from klrl.sweep.experiments import EXPERIMENTS
@@ -71,7 +72,7 @@ class Summary(NamedTuple):
   merged: store.Merged | None = None
 
 
-_FAILURES = (jax.errors.JaxRuntimeError, ValueError)   # what a failing computation raises (ValueError: from a callback)
+_FAILURES = (jax.errors.JaxRuntimeError, ValueError)   # what a failing computation raises (klrl.InputError is a ValueError)
 
 
 class ChunkFailed(store.SweepError):
@@ -80,7 +81,7 @@ class ChunkFailed(store.SweepError):
   @classmethod
   def of(cls, chunk: Chunk, e: Exception) -> "ChunkFailed":
     msg = str(e)
-    m = re.search(r"EquinoxRuntimeError: ([^\n]+)", msg)   # klrl's input checks name the argument
+    m = re.search(r"InputError: ([^\n]+)", msg)   # klrl's input checks name the argument
     return cls(f"chunk {chunk.id} (grid points {chunk.points[0]}..{chunk.points[-1]}) failed: "
                f"{m.group(1) if m else msg[:2000]}")
 
@@ -92,32 +93,41 @@ def versions() -> dict:
 
 
 def point_fn(name: str, static: tuple[tuple[str, Any], ...], precision: str):
-  """The experiment ``name`` as a function of one grid point's traced parameters."""
+  """The experiment ``name`` as a function of one grid point's traced parameters.
+
+  It returns the outputs and the codes of klrl's input checks met on the way
+  (:func:`klrl._src.checks.collect`), so that the compiled kernel holds no host callback and
+  JAX's persistent compilation cache can keep it; ``point.messages`` holds the codes'
+  messages once the function has been traced.
+  """
   exp = EXPERIMENTS[name]
   dtype, fixed = jnp.dtype(precision), dict(static)
 
   def point(traced):
-    out = exp.fn({**fixed, **traced}, dtype)
+    out, codes, point.messages = checks.collect(exp.fn)({**fixed, **traced}, dtype)
     if set(out) != set(exp.outputs):
       raise TypeError(f"experiment {name} returned outputs {sorted(out)}, declared {list(exp.outputs)}")
-    return {k: jnp.asarray(out[k]) for k in exp.outputs}
+    return {k: jnp.asarray(out[k]) for k in exp.outputs}, checks.vary_alike(codes, traced)
 
+  point.messages = ()
   return point
 
 
-def kernel(name: str, static: tuple[tuple[str, Any], ...], precision: str, devices: tuple) -> tuple[Any, NamedSharding]:
-  """The compiled ``jit(shard_map(vmap(experiment)))`` of one group, and the sharding of its inputs."""
+def kernel(name: str, static: tuple[tuple[str, Any], ...], precision: str, devices: tuple) -> tuple[Any, NamedSharding, Any]:
+  """The compiled ``jit(shard_map(vmap(experiment)))`` of one group, the sharding of its
+  inputs, and its point function (whose ``messages`` read its check codes)."""
   key = (name, static, precision, devices)
   if key not in _KERNELS:
     mesh = Mesh(np.asarray(devices), ("points",))
     sharding = NamedSharding(mesh, PartitionSpec("points"))
-    per_device = jax.shard_map(jax.vmap(point_fn(name, static, precision)), mesh=mesh,
-                               in_specs=PartitionSpec("points"), out_specs=PartitionSpec("points"))
-    _KERNELS[key] = jax.jit(per_device, in_shardings=sharding, out_shardings=sharding), sharding
+    point = point_fn(name, static, precision)
+    per_device = jax.shard_map(jax.vmap(point), mesh=mesh, in_specs=PartitionSpec("points"),
+                               out_specs=PartitionSpec("points"))
+    _KERNELS[key] = jax.jit(per_device, in_shardings=sharding, out_shardings=sharding), sharding, point
   return _KERNELS[key]
 
 
-_KERNELS: dict[tuple, tuple[Any, NamedSharding]] = {}
+_KERNELS: dict[tuple, tuple[Any, NamedSharding, Any]] = {}
 
 
 def _static(cfg: Config, chunk: Chunk) -> tuple[tuple[str, Any], ...]:
@@ -209,11 +219,13 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
   t_start = t_prev = time.perf_counter()
   compiling = compiling_prev = 0.0   # compilation time (all of it spent dispatching, in this thread)
 
-  def finish(chunk: Chunk, outputs: dict, compile_seconds: float):
+  def finish(chunk: Chunk, result, compile_seconds: float, messages: tuple):
     nonlocal t_prev, compiling_prev
     n = len(chunk.points)
+    outputs, codes = result
     try:
       host = {k: np.asarray(v)[:n] for k, v in outputs.items()}
+      checks.raise_codes(np.asarray(codes)[:n], messages)
     except _FAILURES as e:
       raise ChunkFailed.of(chunk, e) from None
     t_ready = time.perf_counter()
@@ -232,7 +244,7 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
     pending = None
     for chunk in todo:
       key = _static(cfg, chunk)
-      f, sharding = kernel(cfg.experiment, key, cfg.precision, devices)
+      f, sharding, point = kernel(cfg.experiment, key, cfg.precision, devices)
       arrays = jax.device_put(inputs(cfg, grid, chunk, batches[key]), sharding)
       t = time.perf_counter()
       try:
@@ -246,7 +258,7 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
       seen.add(key)
       if pending is not None:
         finish(*pending)
-      pending = (chunk, outputs, compile_seconds)
+      pending = (chunk, outputs, compile_seconds, point.messages)
     if pending is not None:
       finish(*pending)
   except BaseException as e:
