@@ -6,11 +6,15 @@ rewards, log-probabilities that do not normalise, ``beta <= 0``, ...) are checke
 compiled computation with :func:`equinox.error_if`, so they are caught whether or not the
 caller jits. Either way the error is an :class:`InputError` (a ``ValueError``) whose message
 names the function and the argument. Inside a caller's own ``jax.jit`` the same message
-arrives wrapped in JAX's runtime error.
+arrives wrapped in JAX's runtime error. Functions checked in plain Python (file loaders,
+generators) take the public name their messages use from :func:`named`, and :func:`renamed`
+publishes one of them under a second name.
 """
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import numbers
 import re
 
@@ -22,7 +26,7 @@ from jax.scipy.special import logsumexp
 
 from klrl._src import logspace as _logspace
 
-__all__ = ["InputError", "public"]
+__all__ = ["InputError", "public", "named", "renamed"]
 
 
 class InputError(ValueError):
@@ -73,6 +77,35 @@ def public(fn=None, *, static: tuple[str, ...] = ()):
       raise InputError(_message(e)) from None
 
   wrapper.__wrapped__ = fn
+  return wrapper
+
+
+def named(where: str):
+  """Makes ``core(where, *args, **kwargs)`` the public function ``where`` (``klrl.<module>.<name>``).
+
+  For functions checked in plain Python (loaders, generators) whose messages start with
+  ``where``. The result takes the core's other arguments and docstring; :func:`renamed` gives
+  the same function under a second public name, with messages naming that one.
+  """
+  return lambda core: _bind(core, where)
+
+
+def renamed(fn, where: str):
+  """The function ``fn`` (made by :func:`named`) under the public name ``where``."""
+  return _bind(fn._core, where)
+
+
+def _bind(core, where: str):
+  @functools.wraps(core)
+  def wrapper(*args, **kwargs):
+    return core(where, *args, **kwargs)
+
+  module, _, name = where.rpartition(".")
+  wrapper.__module__, wrapper.__name__, wrapper.__qualname__ = module, name, name
+  signature = inspect.signature(core)
+  wrapper.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+  del wrapper.__wrapped__
+  wrapper._core = core
   return wrapper
 
 
@@ -159,6 +192,42 @@ def integer(where: str, name: str, x, low: int) -> int:
   if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < low:
     _fail(where, name, f"must be a Python int >= {low} (a compile-time constant), got {x!r}")
   return int(x)
+
+
+def lattice_integers(where: str, reward, scale, rounding: bool, what: str = "argument 'reward'") -> np.ndarray:
+  """``reward * scale`` as NumPy integers, or a clear error when they are not on the lattice.
+
+  A host-side check (the lattice size depends on the values, so ``reward`` must be concrete).
+  Integers within ``1e-6`` relative (or 32 ulps of the reward's dtype) are accepted; others are
+  refused with the first one named, unless ``rounding`` asks for the nearest integers. ``what``
+  names the rewards in messages.
+  """
+  if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+      or not math.isfinite(scale) or scale <= 0:
+    raise InputError(f"{where}: argument 'scale' must be a finite Python number > 0, got {scale!r}")
+  if isinstance(reward, jax.core.Tracer):
+    raise InputError(
+        f"{where}: argument 'reward' must be concrete (the lattice size depends on its values): pass a NumPy "
+        f"array, or build the lattice with klrl.memoryless.lattice outside jit/vmap and pass it to the "
+        f"lattice-level functions")
+  r = np.asarray(reward)
+  r = r if np.issubdtype(r.dtype, np.floating) else r.astype(np.float64)
+  if not np.all(np.isfinite(r)):
+    raise InputError(f"{where}: {what} must be finite (got NaN or +-inf)")
+  k = r.astype(np.float64) * float(scale)
+  near = np.rint(k)
+  tol = max(1e-6, 32 * float(np.finfo(r.dtype).eps)) * np.maximum(1.0, np.abs(k))
+  bad = np.abs(k - near) > tol
+  if bad.any() and not rounding:
+    i = np.unravel_index(np.argmax(bad), bad.shape)
+    raise InputError(
+        f"{where}: {what} is not on a lattice: reward{[int(a) for a in i]} = {float(r[i])!r} gives "
+        f"reward * scale = {float(k[i])!r}, which is not an integer (scale = {scale!r}). Pass the scale that makes every reward an "
+        f"integer (e.g. scale=10 for multiples of 0.1), or rounding=True to round rewards to the nearest "
+        f"multiple of 1/scale")
+  if np.abs(near).max(initial=0.0) > 2.0 ** 52:
+    raise InputError(f"{where}: {what} times scale exceeds 2^52; use a smaller scale")
+  return near.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
