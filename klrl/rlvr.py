@@ -29,35 +29,22 @@ broadcast with them (``t`` of shape ``(T, 1)`` against ``P`` prompts gives ``(T,
 """
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from klrl import data, divergences, tilted
+from klrl import divergences, instances, tilted
 from klrl._src import checks as _checks
 from klrl.divergences import log_normalize
+from klrl.instances import Problem
 
 __all__ = [
     "Problem", "EntropySplit", "FlowStats", "random_problem", "load_problem", "accuracy",
     "target_accuracy", "log_partition", "optimal_policy", "suboptimality_gap",
     "natural_gradient_flow", "flow", "entropy_split",
 ]
-
-
-class Problem(NamedTuple):
-  """An RLVR problem: one row per prompt, responses on the last axis.
-
-  Attributes:
-    logp: reference log-probabilities of the responses (``-inf`` for zero mass).
-    correct: the verifier's verdicts, a boolean mask of the same shape.
-  """
-  logp: Array
-  correct: Array
 
 
 class EntropySplit(NamedTuple):
@@ -106,112 +93,10 @@ def _beta(where, beta):
 
 
 # ---------------------------------------------------------------------------------------------
-# Problems.
+# Problems (klrl.instances, under this module's names).
 
-def random_problem(key: Array, prompts: int, responses: int, *, num_correct: int,
-                   accuracy: float | Array | None = None, entropy_correct: float | Array = 0.9,
-                   entropy_wrong: float | Array = 0.9, dtype=None) -> Problem:
-  """Random RLVR prompts with a set reference accuracy and entropy split.
-
-  Each prompt has ``responses`` responses of which ``num_correct`` (at random positions) are
-  correct. Within the correct (wrong) responses the reference is a softmax of Gaussian scores
-  at the inverse temperature that makes its entropy ``entropy_correct * log(num_correct)``
-  (``entropy_wrong * log(responses - num_correct)``); ``p(correct) = accuracy``.
-
-  Args:
-    key: PRNG key.
-    prompts: number of prompts (rows).
-    responses: responses per prompt (the support).
-    num_correct: correct responses per prompt, ``1 <= num_correct < responses``.
-    accuracy: reference accuracy per prompt in ``(0, 1)`` (scalar or ``(prompts,)``); default:
-      uniform on ``[0.05, 0.6]``.
-    entropy_correct: entropy of ``p(. | correct)`` as a fraction of its maximum, in ``[0, 1]``.
-    entropy_wrong: entropy of ``p(. | wrong)`` as a fraction of its maximum, in ``[0, 1]``.
-    dtype: floating dtype (default: JAX's default float).
-
-  Returns:
-    A :class:`Problem`.
-  """
-  where = "klrl.rlvr.random_problem"
-  if not 1 <= num_correct < responses:
-    _checks._fail(where, "num_correct", f"must satisfy 1 <= num_correct < responses = {responses}, got {num_correct}")
-  dtype = dtype or jnp.result_type(float)
-  if accuracy is None:
-    accuracy = jax.random.uniform(jax.random.fold_in(key, 1), (prompts,), dtype, 0.05, 0.6)
-  level = {"accuracy": accuracy, "entropy_correct": entropy_correct, "entropy_wrong": entropy_wrong}
-  level = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (prompts,)) for k, v in level.items()}
-  ranges = {"accuracy": ((level["accuracy"] > 0) & (level["accuracy"] < 1), "must lie in (0, 1)")}
-  for k in ("entropy_correct", "entropy_wrong"):
-    ranges[k] = ((level[k] >= 0) & (level[k] <= 1), "must lie in [0, 1] (a fraction of the largest entropy)")
-  for k, (ok, what) in ranges.items():
-    if isinstance(ok, jax.core.Tracer):      # traced (inside a sweep's jit/vmap): checked at run time
-      level[k] = _checks.holds(where, k, level[k], ok, what)
-    elif not bool(jnp.all(ok)):
-      _checks._fail(where, k, what)
-  return _random_problem(key, level, responses, num_correct)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _random_problem(key, level, responses, num_correct):
-  prompts = level["accuracy"].shape[0]
-  dtype = level["accuracy"].dtype
-  k_pos, k_score = jax.random.split(key)
-  rank = jnp.argsort(jnp.argsort(jax.random.uniform(k_pos, (prompts, responses)), axis=-1), axis=-1)
-  correct = rank < num_correct
-  score = jax.random.normal(k_score, (prompts, responses), dtype)
-  log_c = _with_entropy(correct, score, level["entropy_correct"] * jnp.log(jnp.asarray(num_correct, dtype)))
-  log_w = _with_entropy(~correct, score, level["entropy_wrong"] * jnp.log(jnp.asarray(responses - num_correct, dtype)))
-  a = level["accuracy"][:, None]
-  return Problem(jnp.where(correct, jnp.log(a) + log_c, jnp.log1p(-a) + log_w), correct)
-
-
-def _with_entropy(mask, score, target):
-  """``softmax(s score)`` on ``mask`` with entropy ``target`` (``s >= 0`` by bisection on ``log s``).
-
-  The entropy falls from ``log n`` at ``s = 0`` to 0 as ``s -> inf`` (distinct scores); the
-  ends (uniform, a point mass at the top score) are set exactly.
-  """
-  law = lambda log_s: log_normalize(jnp.where(mask, jnp.exp(log_s)[..., None] * score, -jnp.inf))
-  entropy = lambda lq: -divergences.expectation(lq, lq)
-
-  def halve(_, bounds):
-    lo, hi = bounds
-    mid = 0.5 * (lo + hi)
-    above = entropy(law(mid)) > target
-    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-  lo, hi = jax.lax.fori_loop(0, 80, halve, (jnp.full_like(target, -30.0), jnp.full_like(target, 30.0)))
-  n = jnp.sum(mask, axis=-1)
-  top = score == jnp.max(jnp.where(mask, score, -jnp.inf), axis=-1, keepdims=True)
-  ends = jnp.where(((target >= jnp.log(n)) | (n == 1))[..., None],
-                   jnp.where(mask, -jnp.log(n)[..., None], -jnp.inf), jnp.where(mask & top, 0.0, -jnp.inf))
-  middle = (target > 0) & (target < jnp.log(n)) & (n > 1)
-  return jnp.where(middle[..., None], law(0.5 * (lo + hi)), ends)
-
-
-def load_problem(path: str | Path, *, logp_key: str = "logp", correct_key: str = "correct",
-                 probabilities: bool = False) -> Problem:
-  """Reads an RLVR problem from a ``.npz`` or ``.safetensors`` file (see :mod:`klrl.data`).
-
-  Args:
-    path: the file, with a 2-D array of reference log-probabilities (prompts x responses) and
-      a boolean mask of the same shape.
-    logp_key: name of the log-probabilities (or probabilities, see below).
-    correct_key: name of the mask.
-    probabilities: the reference is stored as probabilities rather than log-probabilities.
-
-  Raises:
-    InputError: everything :mod:`klrl.data` checks, plus a prompt with no correct response of
-      positive reference probability (the prompt is named).
-  """
-  arrays = data.read(path)
-  logp = data.log_probs(arrays, logp_key, probabilities=probabilities, ndim=2)
-  correct = data.mask(arrays, correct_key, shape=logp.shape)
-  none = ~np.any(np.asarray(correct) & (np.asarray(logp) > -np.inf), axis=-1)
-  if none.any():
-    raise _checks.InputError(f"klrl.rlvr.load_problem: array '{correct_key}' of '{path}' marks no response of "
-                             f"positive reference probability as correct for prompt(s) {np.flatnonzero(none)[:10].tolist()}")
-  return Problem(logp, correct)
+random_problem = _checks.renamed(instances.random_rlvr_problem, "klrl.rlvr.random_problem")
+load_problem = _checks.renamed(instances.load_rlvr_problem, "klrl.rlvr.load_problem")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,12 +17,16 @@ that JAX's persistent compilation cache can store every public function:
   also logged first, so that it heads the output);
 - :func:`collect` traces a function with the codes returned as an output instead: the sweep
   engine uses it so that its compiled kernels stay free of callbacks too.
+- :func:`named` gives functions checked in plain Python (file loaders, generators) the
+  public name their messages use, and :func:`renamed` publishes one under a second name.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
+import math
 import numbers
 import threading
 
@@ -35,7 +39,7 @@ from jax.scipy.special import logsumexp
 
 from klrl._src import logspace as _logspace
 
-__all__ = ["InputError", "public", "collect", "raise_codes"]
+__all__ = ["InputError", "public", "collect", "raise_codes", "named", "renamed"]
 
 _log = logging.getLogger("klrl")
 
@@ -170,23 +174,25 @@ def _tie_to(x, zero):
   return jax.tree.map(tie, x)
 
 
-def public(fn=None, *, static: tuple[str, ...] = ()):
+def public(fn=None, *, static: tuple[str, ...] = (), convert: bool = True):
   """Compile a public function and turn its input errors into :class:`InputError`.
 
-  Python numbers and NumPy arrays are converted to JAX arrays before the call, so a new
-  value of ``beta`` does not trigger a new compilation. Arguments named in ``static`` (sizes,
-  flags) are left alone and are compile-time constants.
+  Python numbers and NumPy arrays are converted to JAX arrays before the call (unless
+  ``convert`` is false), so a new value of ``beta`` does not trigger a new compilation.
+  Arguments named in ``static`` (sizes, flags) are left alone and are compile-time constants;
+  so are non-array leaves of the arguments.
   """
   if fn is None:
-    return functools.partial(public, static=static)
+    return functools.partial(public, static=static, convert=convert)
   jitted = eqx.filter_jit(collect(fn))
   names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
   where = f"{fn.__module__}.{fn.__name__}"
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    args = tuple(a if n in static else _as_array(where, n, a) for n, a in zip(names, args))
-    kwargs = {k: v if k in static else _as_array(where, k, v) for k, v in kwargs.items()}
+    if convert:
+      args = tuple(a if n in static else _as_array(where, n, a) for n, a in zip(names, args))
+      kwargs = {k: v if k in static else _as_array(where, k, v) for k, v in kwargs.items()}
     args, kwargs = vary_alike((args, kwargs))
     if _active() is not None:          # inside another public function or `collect`
       return fn(*args, **kwargs)       # its checks are recorded there, or tied (see `_tie`)
@@ -200,6 +206,42 @@ def public(fn=None, *, static: tuple[str, ...] = ()):
     return out
 
   wrapper.__wrapped__ = fn
+  return wrapper
+
+
+def compiled(fn):
+  """A private core compiled as :func:`public` compiles (its checks' codes returned, no host
+  callback), taking pytrees of arrays as they are; called inside a public function, it is
+  traced inline."""
+  return public(fn, convert=False)
+
+
+def named(where: str):
+  """Makes ``core(where, *args, **kwargs)`` the public function ``where`` (``klrl.<module>.<name>``).
+
+  For functions checked in plain Python (loaders, generators) whose messages start with
+  ``where``. The result takes the core's other arguments and docstring; :func:`renamed` gives
+  the same function under a second public name, with messages naming that one.
+  """
+  return lambda core: _bind(core, where)
+
+
+def renamed(fn, where: str):
+  """The function ``fn`` (made by :func:`named`) under the public name ``where``."""
+  return _bind(fn._core, where)
+
+
+def _bind(core, where: str):
+  @functools.wraps(core)
+  def wrapper(*args, **kwargs):
+    return core(where, *args, **kwargs)
+
+  module, _, name = where.rpartition(".")
+  wrapper.__module__, wrapper.__name__, wrapper.__qualname__ = module, name, name
+  signature = inspect.signature(core)
+  wrapper.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+  del wrapper.__wrapped__
+  wrapper._core = core
   return wrapper
 
 
@@ -286,6 +328,42 @@ def integer(where: str, name: str, x, low: int) -> int:
   if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < low:
     _fail(where, name, f"must be a Python int >= {low} (a compile-time constant), got {x!r}")
   return int(x)
+
+
+def lattice_integers(where: str, reward, scale, rounding: bool, what: str = "argument 'reward'") -> np.ndarray:
+  """``reward * scale`` as NumPy integers, or a clear error when they are not on the lattice.
+
+  A host-side check (the lattice size depends on the values, so ``reward`` must be concrete).
+  Integers within ``1e-6`` relative (or 32 ulps of the reward's dtype) are accepted; others are
+  refused with the first one named, unless ``rounding`` asks for the nearest integers. ``what``
+  names the rewards in messages.
+  """
+  if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+      or not math.isfinite(scale) or scale <= 0:
+    raise InputError(f"{where}: argument 'scale' must be a finite Python number > 0, got {scale!r}")
+  if isinstance(reward, jax.core.Tracer):
+    raise InputError(
+        f"{where}: argument 'reward' must be concrete (the lattice size depends on its values): pass a NumPy "
+        f"array, or build the lattice with klrl.memoryless.lattice outside jit/vmap and pass it to the "
+        f"lattice-level functions")
+  r = np.asarray(reward)
+  r = r if np.issubdtype(r.dtype, np.floating) else r.astype(np.float64)
+  if not np.all(np.isfinite(r)):
+    raise InputError(f"{where}: {what} must be finite (got NaN or +-inf)")
+  k = r.astype(np.float64) * float(scale)
+  near = np.rint(k)
+  tol = max(1e-6, 32 * float(np.finfo(r.dtype).eps)) * np.maximum(1.0, np.abs(k))
+  bad = np.abs(k - near) > tol
+  if bad.any() and not rounding:
+    i = np.unravel_index(np.argmax(bad), bad.shape)
+    raise InputError(
+        f"{where}: {what} is not on a lattice: reward{[int(a) for a in i]} = {float(r[i])!r} gives "
+        f"reward * scale = {float(k[i])!r}, which is not an integer (scale = {scale!r}). Pass the scale that makes every reward an "
+        f"integer (e.g. scale=10 for multiples of 0.1), or rounding=True to round rewards to the nearest "
+        f"multiple of 1/scale")
+  if np.abs(near).max(initial=0.0) > 2.0 ** 52:
+    raise InputError(f"{where}: {what} times scale exceeds 2^52; use a smaller scale")
+  return near.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
