@@ -1,7 +1,16 @@
-"""Test configuration: float64 for theory tests, silent rank promotion is an error."""
+"""Test configuration: float64 for theory tests, silent rank promotion is an error.
+
+The test processes (xdist workers, and the ``klrl`` subprocesses some tests start) share one
+persistent compilation cache, so a function compiled by one of them is loaded by the others:
+``$JAX_COMPILATION_CACHE_DIR`` if set, else a folder in the system's temporary directory.
+Results do not depend on it (the cache holds XLA's executables, keyed by the program).
+"""
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")  # one thread per xdist worker
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "klrl-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import jax  # noqa: E402
 
