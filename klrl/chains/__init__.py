@@ -26,7 +26,8 @@ Modules, each with its numerics and accuracy:
   canonical potential ``V`` and the detailed-balance residual against it.
 - :mod:`klrl.chains.equilibrium`: the stationary law, by the subtraction-free
   Grassmann-Taksar-Heyman elimination (a small relative error in every mass, however tiny) or
-  by an LU solve.
+  by an LU solve that bounds its own error in every mass and hands the kernels it cannot
+  vouch for to the elimination.
 - :mod:`klrl.chains.dynamics`: laws over rounds, KL, free energy, TV and chi^2 to equilibrium,
   and the drift of a potential.
 - :mod:`klrl.chains.hitting`: hitting times by subtraction-free elimination of the M-matrix

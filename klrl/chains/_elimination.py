@@ -6,8 +6,10 @@ stationary law without subtracting: each pivot is rebuilt as the sum of the off-
 entries of its row. Its errors are then those of perturbing every transition probability by a
 small relative amount, and the stationary law is well conditioned under such perturbations
 (O'Cinneide, *Entrywise perturbation theory and error analysis for Markov chains*, Numer. Math.
-65, 1993): every mass has a relative error of a small multiple of ``M eps``, however tiny it
-is. The same idea solves the M-matrix systems of hitting times (:func:`mmatrix_solve`).
+65, 1993): every mass has a small relative error, however tiny it is (bounded by a polynomial in
+``M`` times ``eps``; a few ``eps`` as measured). The same idea solves the M-matrix systems of
+hitting times (:func:`mmatrix_solve`). :func:`reach` is reachability in the transition graph,
+which decides whether a stationary law is unique and which states can avoid a target forever.
 """
 from __future__ import annotations
 
