@@ -14,6 +14,7 @@ from klrl import InputError, chains as C
 M = 6                                   # one size for the random instances: one compilation each
 TRIANGLES = np.array([(0, i, j) for i, j in itertools.combinations(range(1, M), 2)])
 EYE_LOG = np.where(np.eye(M) > 0, 0.0, -np.inf)     # point masses, as log-laws
+SOLVE_RTOL = 1e-7       # stationary(method="solve"): 2 sqrt(eps) = 3e-8 per mass, to first order
 
 mp.mp.dps = 40
 
@@ -61,7 +62,7 @@ def test_birth_death_stationary_law_is_analytic(case):
   assert ref.min() < (1e-12 if case == "bottleneck" else 1.0)
   np.testing.assert_allclose(pi, ref, rtol=1e-12, atol=0)         # GTH: relative accuracy everywhere
   assert float(C.detailed_balance(logk).max_residual) < 1e-12     # birth-death chains are reversible
-  np.testing.assert_allclose(C.stationary(logk, "solve"), ref, atol=1e-14)
+  np.testing.assert_allclose(C.stationary(logk, "solve"), ref, rtol=SOLVE_RTOL, atol=0)
 
 
 @pytest.mark.parametrize("case", ["smooth", "bottleneck"])
@@ -153,6 +154,139 @@ def test_stationary_of_absorbing_chain_and_reducible_error():
   np.testing.assert_allclose(C.stationary(log(k)), [0.0, 1.0, 0.0], atol=1e-15)
   with pytest.raises(InputError, match="log_kernel.*no unique stationary law"):
     C.stationary(log([[1.0, 0, 0], [0, 1.0, 0], [0.2, 0.3, 0.5]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ill-conditioned chains: method="solve" answers to its stated accuracy (by an LU solve it has
+# certified, or else by GTH), never a wrong law and never "several closed classes".
+
+def kmr(n, p, eps):
+  """QuantEcon's KMR matrix (sequential revisions): n players, mutation probability eps."""
+  k = np.zeros((n + 1, n + 1))
+  k[0, 0], k[0, 1] = 1 - eps / 2, eps / 2
+  for i in range(1, n):
+    k[i, i - 1] = i / n * (eps / 2 + (1 - eps) * (((i - 1) / (n - 1) < p) + ((i - 1) / (n - 1) == p) / 2))
+    k[i, i + 1] = (n - i) / n * (eps / 2 + (1 - eps) * ((i / (n - 1) > p) + (i / (n - 1) == p) / 2))
+    k[i, i] = 1 - k[i, i - 1] - k[i, i + 1]
+  k[n, n - 1], k[n, n] = eps / 2, 1 - eps / 2
+  return k
+
+
+def mp_pi(k):
+  """pi P = pi at 50 digits, by the subtraction-free elimination (exact to ~1e-48 relative for
+  any conditioning); the chain is its off-diagonal entries, as for klrl."""
+  with mp.workdps(50):
+    a = [[mp.mpf(float(x)) for x in row] for row in k]
+    m = len(a)
+    for n in range(m - 1, 0, -1):
+      s = mp.fsum(a[n][:n])
+      for i in range(n):
+        a[i][n] /= s
+      for i in range(n):
+        for j in range(n):
+          if i != j:
+            a[i][j] += a[i][n] * a[n][j]
+    x = [mp.mpf(1)]
+    for n in range(1, m):
+      x.append(mp.fsum(x[i] * a[i][n] for i in range(n)))
+    z = mp.fsum(x)
+    return np.array([float(v / z) for v in x])
+
+
+def mp_solve_pi(k):
+  """pi Q = 0, sum pi = 1 at 50 digits by Gaussian elimination, Q = K - I with the diagonal
+  -sum_{s' != s} K(s'|s); accurate where the condition number is far below 1e50."""
+  with mp.workdps(50):
+    m = len(k)
+    q = mp.matrix(m, m)
+    for i in range(m):
+      for j in range(m):
+        q[j, i] = mp.mpf(float(k[i][j])) if i != j else -mp.fsum(mp.mpf(float(x)) for s, x in enumerate(k[i]) if s != i)
+      q[m - 1, i] = 1
+    e = mp.matrix(m, 1)
+    e[m - 1] = 1
+    return np.array([float(v) for v in mp.lu_solve(q, e)])
+
+
+@pytest.mark.parametrize("n", [3, 5, 10, 27])
+@pytest.mark.parametrize("eps", [1e-6, 1e-10, 1e-14])
+def test_stationary_of_kmr_chains(n, eps):
+  # A birth-death chain: pi(i+1) / pi(i) = K(i, i+1) / K(i+1, i), masses down to 1.8e-251.
+  logk = log(kmr(n, 1 / 3, eps))
+  k = np.exp(logk)
+  ref = mp_birth_death_pi(np.diag(k, 1), np.diag(k, -1))
+  ref = np.array([float(x) for x in ref])
+  np.testing.assert_allclose(mp_pi(k), ref, rtol=1e-14)
+  np.testing.assert_allclose(C.stationary(logk), ref, rtol=1e-13)
+  np.testing.assert_allclose(C.stationary(logk, "solve"), ref, rtol=SOLVE_RTOL)
+
+
+@pytest.mark.parametrize("k", [
+    [[1 - 1e-14, 5e-15, 5e-15], [5e-15, 1 - 1e-14, 5e-15], [5e-15, 5e-15, 1 - 1e-14]],   # three sticky states
+    [[1 - 1e-14, 1e-14, 0.0], [0.0, 1 - 1e-14, 1e-14], [1e-14, 0.0, 1 - 1e-14]],         # a slow cycle
+    [[1 - 1e-14, 1e-14, 0.0], [5e-15, 1 - 1e-14, 5e-15], [0.0, 1e-14, 1 - 1e-14]],        # a slow birth-death chain
+    [[1 - 2e-14, 1e-14, 1e-14], [0.5, 0.5, 0.0], [1e-3, 0.0, 1 - 1e-3]],                 # one sticky state
+])
+def test_stationary_of_nearly_absorbing_three_state_chains(k):
+  # An LU solve of pi (I - K + 1 1^T) = 1^T is off by 1e-3 to 3e-3 on the first and third, with
+  # a residual pi K - pi that rounds to zero: 1 - K(s|s) keeps two digits when it is formed.
+  logk = log(k)
+  ref = mp_pi(np.exp(logk))
+  np.testing.assert_allclose(mp_solve_pi(np.exp(logk)), ref, rtol=1e-14)
+  np.testing.assert_allclose(C.stationary(logk), ref, rtol=1e-14)
+  np.testing.assert_allclose(C.stationary(logk, "solve"), ref, rtol=SOLVE_RTOL)
+
+
+def ill_conditioned(seed, m=M):
+  """An irreducible chain with transition probabilities down to 1e-16 and rows that stay put
+  with probability up to 1 - 1e-15: nearly decomposable blocks, log-uniform sparse entries,
+  dense rows, or a path drifting to one end (masses down to 1e-38)."""
+  rng = np.random.default_rng(seed)
+  kind = seed % 4
+  if kind == 0:
+    label = rng.integers(0, 3, m)
+    w = rng.random((m, m)) * np.where(label[:, None] == label[None, :], 1.0, 10.0 ** rng.uniform(-16, -4, (m, m)))
+  elif kind == 1:
+    w = 10.0 ** rng.uniform(-16, 0, (m, m)) * (rng.random((m, m)) < 0.6)
+  elif kind == 2:
+    w = rng.random((m, m))
+  else:
+    w = np.diag(10.0 ** rng.uniform(-14, -4, m - 1), 1) + np.diag(rng.uniform(0.1, 1, m - 1), -1)
+    w[-1, 0] = 10.0 ** rng.uniform(-16, -8)
+  w[np.arange(m), (np.arange(m) + 1) % m] += 10.0 ** rng.uniform(-16, 0, m)     # a ring: irreducible
+  w[np.arange(m), np.arange(m)] = 0.0
+  w /= w.sum(1, keepdims=True)
+  stay = 1 - 10.0 ** rng.uniform(-15, 0, (m, 1))
+  return (1 - stay) * w + stay * np.eye(m)
+
+
+def test_stationary_solve_on_ill_conditioned_chains():
+  # An LU solve of pi (I - K + 1 1^T) = 1^T, checked by its residual, returns 49 of these with
+  # relative errors above 1e-7 (absolute errors up to 0.24) and declares 8 of them reducible.
+  seeds = range(60)
+  logk = log(np.stack([ill_conditioned(s) for s in seeds]))
+  ref = np.stack([mp_pi(k) for k in np.exp(logk)])
+  assert ref.min() < 1e-30
+  pi = np.asarray(C.stationary(logk, "solve"))          # one batch: certified LU solves and GTH
+  np.testing.assert_allclose(pi, ref, rtol=SOLVE_RTOL, atol=0)
+  np.testing.assert_allclose(jax.jit(jax.vmap(lambda k: C.stationary(k, "solve")))(logk), pi, rtol=1e-15)
+  np.testing.assert_allclose(C.stationary(logk), ref, rtol=1e-12, atol=0)
+  # Both ways are taken: some LU solves certify their answers, some are handed to GTH.
+  from klrl.chains import equilibrium
+  _, certified = jax.vmap(equilibrium._solve_pi)(jnp.exp(logk))
+  assert 0 < int(np.sum(certified)) < len(seeds)
+
+
+def test_stationary_solve_still_refuses_several_closed_classes():
+  for k in [np.kron(np.eye(2), np.full((2, 2), 0.5)), [[1.0, 0, 0], [0, 1.0, 0], [0.2, 0.3, 0.5]]]:
+    with pytest.raises(InputError, match="log_kernel.*no unique stationary law .several closed classes"):
+      C.stationary(log(k), "solve")
+  f = jax.jit(lambda lk: C.stationary(lk, "solve"))
+  with pytest.raises(Exception, match="no unique stationary law"):
+    f(log(np.kron(np.eye(2), np.full((2, 2), 0.5)))).block_until_ready()
+  # Transient states get mass 0, as with GTH.
+  k = np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]])
+  np.testing.assert_allclose(C.stationary(log(k), "solve"), [0.0, 1.0, 0.0], atol=1e-15)
 
 
 def brute_force_hitting(k, target, horizon=4000):

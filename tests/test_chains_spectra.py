@@ -6,6 +6,7 @@ import pytest
 from jax.test_util import check_grads
 
 from klrl import InputError, chains as C
+from klrl.chains import spectra
 
 M = 6
 
@@ -213,6 +214,6 @@ def test_bad_kernel_under_jit_still_names_the_argument():
 
 
 def test_general_eigensolver_missing_backend_gives_a_clear_message(monkeypatch):
-  monkeypatch.setattr(C, "_platform", lambda: "tpu")
+  monkeypatch.setattr(spectra, "_platform", lambda: "tpu")
   with pytest.raises(NotImplementedError, match="no general .* eigensolver on the 'tpu' backend.*CPU"):
     C.eigenvalues.__wrapped__(GOOD)

@@ -54,6 +54,7 @@ def test_row_functions_under_shard_map(blocked):
       (divergences.kl, (logp, logq)),
       (rlvr.target_accuracy, (logp, correct, n)),
       (chains.stationary, (kernels(False),)),
+      (lambda k: chains.stationary(k, "solve"), (kernels(False),)),
   ]
   for fn, args in cases:
     want, got = fn(*args), sharded(fn)(*args)
@@ -76,3 +77,5 @@ def test_input_errors_under_shard_map(blocked):
     sharded(lambda a, b: tilted.kl_constrained(a, b, 0.1).log_policy)(logp + 1.0, r)
   with pytest.raises(jax.errors.JaxRuntimeError, match="stationary: argument 'log_kernel'.*no unique stationary law"):
     sharded(chains.stationary)(kernels(True))
+  with pytest.raises(jax.errors.JaxRuntimeError, match="stationary: argument 'log_kernel'.*no unique stationary law"):
+    sharded(lambda k: chains.stationary(k, "solve"))(kernels(True))
