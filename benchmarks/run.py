@@ -18,6 +18,14 @@ def main(argv=None):
   parser.add_argument("--suite", action="append", choices=SUITES, help="suite(s) to run (default: all)")
   parser.add_argument("--max-log2v", type=int, default=20, help="largest vocabulary is 2**N")
   parser.add_argument("--min-log2v", type=int, default=10, help="smallest vocabulary is 2**N")
+  parser.add_argument("--max-baseline-log2v", type=int, default=22,
+                      help="tilted suite: SciPy baselines up to vocabulary 2**N only (default %(default)s)")
+  parser.add_argument("--max-states", type=int, default=None,
+                      help="chains suite: largest dense chain of the spectra and solves (default: all sizes)")
+  parser.add_argument("--sweep-log2v", type=int, default=None,
+                      help="sweep suite: vocabulary 2**N (default 14, 10 with --quick)")
+  parser.add_argument("--sweep-cpu-devices", type=int, default=8,
+                      help="sweep suite: simulated CPU devices of its second measurement (0: skip it)")
   parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke test)")
   parser.add_argument("--rounds", type=int, default=None,
                       help="paired rounds per case in the tilted and bon suites (default 7, 3 from 2^18); "

@@ -1,10 +1,13 @@
-"""The benchmark harness: its summaries, its options, smoke runs of the tilted and startup suites."""
+"""The benchmark harness: its summaries, its options, smoke runs of the tilted and startup suites, and
+the accelerator check script."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_startup, harness, run, startup_child
+from benchmarks import bench_startup, harness, pytest_optional, run, startup_child
 
 
 def test_speed_up_spread_gives_quartiles_from_eight_rounds():
@@ -30,7 +33,7 @@ def test_quick_tilted_suite_runs_and_reports_paired_ratios(capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# The startup suite.
+# The startup suite, the optional-package plugin and the accelerator check script.
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +62,22 @@ def test_startup_cases_cover_the_public_functions():
   assert all(callable(fn) for fn, _, _ in cases.values())
 
 
+def test_optional_plugin_finds_the_missing_package_behind_an_error(monkeypatch):
+  monkeypatch.setattr(pytest_optional, "MISSING", ("safetensors", "wordfreq"))
+  try:
+    try:
+      raise ModuleNotFoundError("No module named 'wordfreq'", name="wordfreq")
+    except ImportError as e:
+      raise ImportError("english_unigram needs wordfreq: pip install 'klrl[real]'") from e
+  except ImportError as e:
+    chained = e
+  assert pytest_optional.missing_package(chained) == "wordfreq"
+  hint = ValueError("reading .safetensors files needs the 'safetensors' package (pip install 'klrl[data]')")
+  assert pytest_optional.missing_package(hint) == "safetensors"
+  assert pytest_optional.missing_package(ValueError("safetensors file is corrupt")) is None
+  assert pytest_optional.missing_package(ModuleNotFoundError("No module named 'scipy'", name="scipy")) is None
+
+
 @pytest.mark.slow
 def test_quick_startup_suite_reports_the_three_processes_and_a_compile(capsys, tmp_path):
   run.main(["--suite", "startup", "--quick", "--tag", "startup", "--out-dir", str(tmp_path)])
@@ -70,3 +89,18 @@ def test_quick_startup_suite_reports_the_three_processes_and_a_compile(capsys, t
   assert any("target<=0.5s=" in line for line in rows)
   assert "| process | import klrl s | backend s | first call s | second call ms | cache files | first call <= 0.5 s |" in out
   assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
+
+
+@pytest.mark.slow
+def test_accelerator_script_quick_on_the_cpu(tmp_path):
+  done = subprocess.run(["bash", "benchmarks/accelerator.sh", str(tmp_path), "--quick"], cwd=ROOT,
+                        env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True, timeout=600)
+  summary = done.stdout[done.stdout.index("| step | status | seconds |"):]
+  steps = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in summary.splitlines()[2:] if line.startswith("|")}
+  assert steps == dict.fromkeys(["environment", "tests", "bench tilted", "bench bon", "bench sweep", "bench chains"], "ok")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert (tmp_path / "summary.md").read_text().strip().endswith(summary.strip())
+  assert "devices" in (tmp_path / "env.txt").read_text()
+  assert "<testsuite" in (tmp_path / "tests.xml").read_text()
+  saved = {p.name.rsplit("-", 2)[0] for p in (tmp_path / "bench").glob("*.json")}
+  assert saved == {f"accelerator-{s}" for s in ("tilted", "bon", "sweep", "chains")}
