@@ -7,7 +7,8 @@ baseline, measured in the same process, calls the same compiled ``jit(shard_map(
 directly on the same chunks (inputs built and put on the devices, every chunk dispatched, all
 outputs fetched to the host): the sweep's overhead is ``sweep / direct - 1`` (target < 10%).
 The same measurement runs again in a subprocess with 8 simulated CPU devices
-(``--xla_force_host_platform_device_count=8``), each chunk sharded over them. Both also time,
+(``--xla_force_host_platform_device_count=8``; ``--sweep-cpu-devices``, 0 to skip it), each
+chunk sharded over them. ``--sweep-log2v`` sets V. Both also time,
 alternated with that direct loop, ``jit(vmap(experiment))`` on the same sharded inputs, split
 by the compiler's partitioner alone (``shard_map_vs_partitioner``: its time over the direct
 loop's; the partitioner synchronises the devices at every solver iteration).
@@ -111,15 +112,19 @@ def _row(m: dict, log2v: int, label: str) -> Row:
 
 def run(args):
   s = sizes(args.quick)
+  s["log2v"] = getattr(args, "sweep_log2v", None) or s["log2v"]
   yield _row(measure(**s), s["log2v"], f"{len(jax.local_devices())} device(s)")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 " + os.environ.get("XLA_FLAGS", ""),
+  cpus = getattr(args, "sweep_cpu_devices", 8)
+  if not cpus:
+    return
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={cpus} " + os.environ.get("XLA_FLAGS", ""),
              JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
   cmd = [sys.executable, "-m", "benchmarks.bench_sweep", *[f"--{k}={v}" for k, v in s.items()]]
   done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=env["PYTHONPATH"])
   line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
   if done.returncode or not line:
-    raise RuntimeError(f"8-device run failed:\n{done.stderr[-3000:]}")
-  yield _row(json.loads(line[0][7:]), s["log2v"], "8 simulated CPU devices")
+    raise RuntimeError(f"{cpus}-device run failed:\n{done.stderr[-3000:]}")
+  yield _row(json.loads(line[0][7:]), s["log2v"], f"{cpus} simulated CPU devices")
 
 
 if __name__ == "__main__":   # the 8-device measurement, in its own process

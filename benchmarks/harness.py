@@ -142,7 +142,7 @@ class Row:
   suite: str
   case: str
   size: str
-  compile_s: float
+  compile_s: float | None       # None where no compile time is separated (a whole command)
   run_s: float
   baseline: str
   baseline_s: float | None
@@ -176,17 +176,20 @@ def table(rows: list[Row], bandwidth: float) -> str:
     g = r.gbps()
     extra = r.extra | ({"speed-up range": _spread(r.ratios)} if r.ratios else {})
     notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
-    out.append(f"| {r.suite} | {r.case} | {r.size} | {r.compile_s:.2f} | {r.run_s * 1e3:.3f} | {r.baseline} | "
+    out.append(f"| {r.suite} | {r.case} | {r.size} | {'' if r.compile_s is None else f'{r.compile_s:.2f}'} | "
+               f"{r.run_s * 1e3:.3f} | {r.baseline} | "
                f"{'' if r.baseline_s is None else f'{r.baseline_s * 1e3:.3f}'} | "
                f"{'' if r.speedup is None else f'{r.speedup:.2f}x'} | {'' if g is None else f'{g:.1f}'} | "
                f"{'' if g is None else f'{100 * g / bandwidth:.0f}%'} | {notes} |")
   return "\n".join(out)
 
 
-def save(rows: list[Row], info: dict, bw: dict, tag: str) -> Path:
-  RESULTS.mkdir(exist_ok=True)
+def save(rows: list[Row], info: dict, bw: dict, tag: str, out_dir: Path | str = RESULTS) -> Path:
+  """Writes ``<out_dir>/<tag>-<time>.json`` and ``.md``; returns their common path without suffix."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
   stamp = time.strftime("%Y%m%d-%H%M%S")
-  base = RESULTS / f"{tag}-{stamp}"
+  base = out_dir / f"{tag}-{stamp}"
   bandwidth = bw.get("device_copy_GBps", bw["host_copy_GBps"])
   payload = {"machine": info, "bandwidth": bw, "rows": [asdict(r) | {"speedup": r.speedup, "GBps": r.gbps()} for r in rows]}
   base.with_suffix(".json").write_text(json.dumps(payload, indent=1))

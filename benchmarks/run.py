@@ -1,4 +1,5 @@
-"""Runs the benchmark suites: ``python -m benchmarks.run [--suite NAME ...] [--min-log2v N] [--max-log2v N]``."""
+"""Runs the benchmark suites: ``python -m benchmarks.run [--suite NAME ...] [--min-log2v N] [--max-log2v N]
+[--out-dir DIR]``."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted", "bon", "chains", "train", "sweep", "memoryless"]
+SUITES = ["tilted", "bon", "chains", "train", "sweep", "memoryless", "startup"]
 
 
 def main(argv=None):
@@ -17,10 +18,22 @@ def main(argv=None):
   parser.add_argument("--suite", action="append", choices=SUITES, help="suite(s) to run (default: all)")
   parser.add_argument("--max-log2v", type=int, default=20, help="largest vocabulary is 2**N")
   parser.add_argument("--min-log2v", type=int, default=10, help="smallest vocabulary is 2**N")
+  parser.add_argument("--max-baseline-log2v", type=int, default=22,
+                      help="tilted suite: SciPy baselines up to vocabulary 2**N only (default %(default)s)")
+  parser.add_argument("--max-states", type=int, default=None,
+                      help="chains suite: largest dense chain of the spectra and solves (default: all sizes)")
+  parser.add_argument("--sweep-log2v", type=int, default=None,
+                      help="sweep suite: vocabulary 2**N (default 14, 10 with --quick)")
+  parser.add_argument("--sweep-cpu-devices", type=int, default=8,
+                      help="sweep suite: simulated CPU devices of its second measurement (0: skip it)")
   parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke test)")
   parser.add_argument("--rounds", type=int, default=None,
-                      help="paired rounds per case in the tilted and bon suites (default 7, 3 from 2^18)")
+                      help="paired rounds per case in the tilted and bon suites (default 7, 3 from 2^18); "
+                           "startup: rounds of its three processes (default 3, 1 with --quick)")
   parser.add_argument("--tag", default=None, help="name of the results file (default: the platform)")
+  parser.add_argument("--out-dir", default=str(harness.RESULTS), help="folder of the results files (default: %(default)s)")
+  parser.add_argument("--with-run", action="store_true",
+                      help="startup suite: also time `klrl run` twice with one compilation cache (minutes)")
   parser.add_argument("--reuse-freed-memory", action="store_true",
                       help="keep freed large buffers in glibc's heap (no page faults on large outputs)")
   args = parser.parse_args(argv)
@@ -49,7 +62,7 @@ def main(argv=None):
   print()
   print(harness.table(rows, bandwidth))
   if not args.quick or args.tag:   # quick runs are saved only when named with --tag
-    path = harness.save(rows, info, bw, args.tag or info["platform"])
+    path = harness.save(rows, info, bw, args.tag or info["platform"], args.out_dir)
     print(f"\nsaved {path}.json and {path}.md")
 
 
