@@ -96,8 +96,7 @@ class Constrained(NamedTuple):
 
 def _prepare(where, logp, reward) -> _cum.Prep:
   """Per-row constants from one pass, with the input value checks folded into that pass."""
-  prep, total, probe = _cum.constants(logp, reward, True)
-  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", prep, total), probe)
+  return _rows.checked(where, lambda lp, r: _cum.constants_block(lp, r, True), ("logp",), ("reward",), logp, reward)
 
 
 def _log_z(where, logp, reward, beta):
@@ -112,8 +111,7 @@ def _log_z(where, logp, reward, beta):
     return ((c, logsumexp(logp + (reward - c[..., None]) / beta[..., None], axis=-1)),
             jnp.exp(logsumexp(logp, axis=-1)), jnp.sum(0.0 * reward, axis=-1))
 
-  out, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, beta)
-  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", out, total), probe)
+  return _rows.checked(where, rows, ("logp",), ("reward",), logp, reward, beta)
 
 
 def _one_pass(where, logp, reward, lam) -> Cumulants:
@@ -123,8 +121,7 @@ def _one_pass(where, logp, reward, lam) -> Cumulants:
     prep, total, probe = _cum.constants_block(logp, reward, False)
     return _cum.cumulants_block(logp, reward, lam, prep, False), total, probe
 
-  c, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, lam)
-  return _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", c, total), probe)
+  return _rows.checked(where, rows, ("logp",), ("reward",), logp, reward, lam)
 
 
 def _log_policy(logp, reward, lam, mean, kl, mean_gap, r_max):
@@ -444,9 +441,7 @@ def _kl_constrained(where, logp, reward, delta) -> Constrained:
     lam, it, mean, kl, mean_gap, converged = _root(logp, reward, delta, saturated, prep)
     return (lam, jnp.broadcast_to(it, delta.shape), mean, kl, mean_gap, converged, prep), total, probe
 
-  row, total, probe = _rows.by_rows(rows, logp.shape[:-1], logp.shape[-1], logp.dtype.itemsize, logp, reward, delta)
-  lam, it, mean, kl, mean_gap, converged, prep = _checks.finite_probe(where, "reward", _checks.normalised(where, "logp", row, total),
-                                                           probe)
+  lam, it, mean, kl, mean_gap, converged, prep = _rows.checked(where, rows, ("logp",), ("reward",), logp, reward, delta)
   return _constrained(logp, reward, delta, prep, lam, jnp.max(it, initial=0), mean, kl, mean_gap, converged)
 
 

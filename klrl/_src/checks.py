@@ -148,6 +148,7 @@ def _raise_at_run_time(codes, messages):
     msg = first_error(codes, messages)
     if msg is not None:
       _log.error("klrl.InputError: %s", msg)
+      _state.raised = msg
       raise InputError(msg)
     return np.zeros(codes.shape[:-1], np.float32)     # batch axes where the caller vmaps
 
@@ -188,6 +189,13 @@ def public(fn=None, *, static: tuple[str, ...] = (), convert: bool = True):
   names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
   where = f"{fn.__module__}.{fn.__name__}"
 
+  @eqx.filter_jit
+  def raising(*args, **kwargs):
+    out, errors = _tracing(fn, *args, **kwargs)
+    if not errors.codes:
+      return out
+    return _tie_to(out, _raise_at_run_time(errors.stacked(), tuple(errors.messages)))
+
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
     if convert:
@@ -197,10 +205,13 @@ def public(fn=None, *, static: tuple[str, ...] = (), convert: bool = True):
     if _active() is not None:          # inside another public function or `collect`
       return fn(*args, **kwargs)       # its checks are recorded there, or tied (see `_tie`)
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
-      out, errors = _tracing(fn, *args, **kwargs)
-      if not errors.codes:
-        return out
-      return _tie_to(out, _raise_at_run_time(errors.stacked(), tuple(errors.messages)))
+      _state.raised = None
+      try:
+        return raising(*args, **kwargs)
+      except jax.errors.JaxRuntimeError:   # values known now (an eager vmap or grad): raise plainly
+        if getattr(_state, "raised", None) is None:
+          raise
+        raise InputError(_state.raised) from None
     out, codes, messages = jitted(*args, **kwargs)
     raise_codes(codes, messages)
     return out

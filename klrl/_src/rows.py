@@ -15,6 +15,8 @@ import math
 import jax
 from jax import lax
 
+from klrl._src import checks
+
 BLOCK_BYTES = 1 << 20   # per-block intermediates of about 1 MiB
 
 
@@ -61,3 +63,27 @@ def by_rows(fn, batch: tuple[int, ...], width: int, itemsize: int, *args):
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1 + (block > 1):]), out)
 
   return lax.platform_dependent(*args, cpu=blocked, default=fn)
+
+
+def checked(where: str, fn, probabilities: tuple[str, ...], finite: tuple[str, ...], *args):
+  """``fn(*args)`` by :func:`by_rows`, with the inputs' value checks folded into the same pass.
+
+  ``args[0]`` is a ``(..., V)`` array whose batch axes every argument shares. ``fn`` returns
+  ``(out, totals, probes)``: per row, ``totals[i] = sum(exp(x))`` of the
+  log-probability argument named ``probabilities[i]`` and ``probes[j] = sum(0 * x)`` of the
+  argument named ``finite[j]`` (NaN exactly when a value is not finite); a single name may come
+  with a single array. The checks hold the per-row values only (a check on a whole ``B x V``
+  array makes XLA copy it): return per-row results and form outputs as large as the inputs
+  afterwards.
+
+  Returns:
+    ``out``, tied to the checks (:mod:`klrl._src.checks`).
+  """
+  first = args[0]
+  out, totals, probes = by_rows(fn, first.shape[:-1], first.shape[-1], first.dtype.itemsize, *args)
+  as_tuple = lambda x: x if isinstance(x, (tuple, list)) else (x,)
+  for name, total in zip(probabilities, as_tuple(totals), strict=True):
+    out = checks.normalised(where, name, out, total)
+  for name, probe in zip(finite, as_tuple(probes), strict=True):
+    out = checks.finite_probe(where, name, out, probe)
+  return out
