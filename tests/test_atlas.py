@@ -34,6 +34,7 @@ def atlas(tmp_path_factory):
   return cli.main(["run", "--out", str(out), "--quiet"]), out
 
 
+@pytest.mark.slow
 def test_default_atlas_passes_every_check_of_every_section(atlas):
   code, out = atlas
   with open(out / "results.csv", newline="") as f:

@@ -379,6 +379,7 @@ def _lp(lg):
   return jax.nn.log_softmax(jnp.where(MASK, lg, -jnp.inf))
 
 
+@pytest.mark.slow
 def test_gradients_in_logits_and_n():
   f = lambda lg, n: jnp.where(MASK, B.log_policy(_lp(lg), R6, n), 0.0)
   check_grads(f, (LG, 3.5), order=1, modes=["rev"], eps=1e-5)
@@ -395,6 +396,7 @@ def test_gradients_in_logits_and_n():
     assert np.all(np.isfinite(d_lg)) and np.isfinite(d_ln)
 
 
+@pytest.mark.slow
 def test_gradients_of_level_law_soft_law_and_closed_forms():
   keep = np.isfinite(LEVELS[2])
   f = lambda x, log_n: jnp.where(keep, B.level_law(jax.nn.log_softmax(jnp.where(keep, x, -jnp.inf)), log_n=log_n), 0.0)
@@ -486,6 +488,7 @@ def test_bad_input_under_jit_still_names_the_argument():
     f(0.5).block_until_ready()
 
 
+@pytest.mark.slow
 def test_row_blocks_give_the_whole_batch_stats(row_blocks):
   """On the CPU ``stats`` works in blocks of rows (``klrl._src.rows``); values and gradients agree."""
   logp, reward = problems.random_problem(jax.random.PRNGKey(5), 8, 32, ties=3, zero_mass=2)

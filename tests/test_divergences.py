@@ -95,6 +95,7 @@ PAIRS = [D.kl, D.cross_entropy, D.chi2, D.tv,
          lambda p, q: D.renyi_cross_entropy(p, q, jnp.array([0.5, 1.0, 2.0, 3.0, 0.7, 1.5]))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows_per_block", [1, 4])
 def test_row_blocks_give_the_whole_batch_results(row_blocks, rows_per_block):
   lp, lq = jnp.asarray(_logp((6, 40), zeros=3)), jnp.asarray(_logp((6, 40)))

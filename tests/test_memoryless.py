@@ -141,6 +141,7 @@ def test_rate_far_from_the_mean_of_a_sharp_tilt():
   np.testing.assert_allclose(got, [float(mp_rate(np.exp(logp), r, x)) for x in xs], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_rate_derivatives_are_exact_and_implicit():
   f = lambda lg, r, x: M.rate_function(jax.nn.log_softmax(lg), r, x)
   logits, r, xs = jnp.log(jnp.array(P3)), jnp.array(R3), jnp.array([0.2, 1.5, 2.99])
@@ -163,6 +164,7 @@ def test_rate_derivatives_are_exact_and_implicit():
   np.testing.assert_allclose(dr, (vals[6:9] - vals[9:]) / (2 * eps), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_tilted_rate_scgf_renyi_and_scaled_cumulants():
   delta, dmax = 0.3, -math.log(0.2)
   lam = mp_lam(P3, R3, delta)
@@ -211,6 +213,7 @@ def _instance(seed, vocab=6):
   return np.log(p), r
 
 
+@pytest.mark.slow
 @given(st.integers(0, 10 ** 6), st.floats(0.02, 0.95))
 def test_rate_identities_on_random_instances(seed, frac):
   logp, r = _instance(seed)
@@ -368,6 +371,7 @@ def _small_cases():
   return jax.jvp(lambda d: M.bon_vs_kl_lattice(lats, d, ns, size=256), (deltas,), (np.ones_like(deltas),))
 
 
+@pytest.mark.slow
 def test_bon_vs_kl_against_enumeration_of_all_sequences():
   out = _small_cases()[0]
   for i, (n, delta) in enumerate(SMALL):
@@ -392,6 +396,7 @@ def test_bon_vs_kl_against_enumeration_of_all_sequences():
   assert float(out.kl[-1]) == 0.0 and float(out.kl_to_tilted[-1]) == 0.0 and float(out.mean_reward[-1]) == 1.0
 
 
+@pytest.mark.slow
 def test_bon_vs_kl_against_mpmath_binomial_at_moderate_n():
   q, delta = 0.3, 0.2
   lam = mp_lam([1 - q, q], [0, 1], delta)
@@ -554,6 +559,7 @@ def test_load_problem_reads_users_files_and_refuses_bad_ones(tmp_path):
                              [[0.0, 1.0, 3.0], [-2 / 3, 1 / 3, 1 / 3]], rtol=1e-15)
 
 
+@pytest.mark.slow
 def test_sweep_experiment_rows_equal_direct_calls(tmp_path):
   path = Path(__file__).resolve().parent.parent / "configs" / "sweeps" / "memoryless_bon_vs_kl.toml"
   summary = sweep_engine.sweep(sweep_config.load(path), tmp_path / "out", quiet=True)

@@ -1,10 +1,13 @@
 """The run/report layer and `klrl run` on a small configuration."""
 import csv
 
+import pytest
+
 from klrl import cli
 from klrl.report import Check, Section, write_report
 
 
+@pytest.mark.slow
 def test_klrl_run_writes_results_figures_and_report(tmp_path, monkeypatch):
   """Into a relative directory, as the README's `klrl run` does: the figures must still be found."""
   monkeypatch.chdir(tmp_path)

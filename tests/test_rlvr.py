@@ -116,6 +116,7 @@ def ode_flow(logp, correct, beta, t_end, logq0):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", ["reference", "off-family"])
 def test_flow_closed_form_against_ode(start):
   logp, correct = problem(3)

@@ -41,6 +41,7 @@ def blocked(monkeypatch):
   jax.clear_caches()
 
 
+@pytest.mark.slow
 def test_row_functions_under_shard_map(blocked):
   logp, r = problems.random_problem(jax.random.PRNGKey(0), B, V)
   logq = jax.nn.log_softmax(jax.random.normal(jax.random.PRNGKey(1), (B, V)))

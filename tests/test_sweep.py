@@ -130,6 +130,7 @@ def test_stats_rows_equal_direct_library_calls(stats_run):
   assert {r["vocab"] for r in rows} == {"48"} and {r["problem"] for r in rows} == {"random"}
 
 
+@pytest.mark.slow
 def test_bon_rows_equal_direct_library_calls(tmp_path):
   cfg, summary = sweep_in_process(BON, tmp_path / "out")
   rows = table(summary.merged.results)
@@ -332,6 +333,7 @@ print("REPORT " + json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_every_experiment_runs_on_each_device_without_collectives():
   """The sweep kernel (``shard_map``) of each registered experiment, over 2 simulated devices: no
   collective operation in the compiled program (left to the partitioner, ``jit(vmap)`` has some
@@ -356,6 +358,7 @@ def free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_cover_the_grid_once_and_merge(stats_run, tmp_path):
   cfg, ref = stats_run
   (tmp_path / "s.toml").write_text(STATS)
@@ -382,6 +385,7 @@ def test_two_processes_cover_the_grid_once_and_merge(stats_run, tmp_path):
   assert sorted(p["process"] for p in m["processes"]) == [0, 1]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_duplicates_and_recomputes_nothing(tmp_path, capsys):
   cfg = cfg_of(KILL, tmp_path / "k.toml")
   total = len(grid.plan(cfg, grid.expand(cfg)))

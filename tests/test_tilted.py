@@ -93,6 +93,7 @@ def test_constant_reward_is_saturated_and_returns_p():
 FRACS = np.array([1e-8, 1e-5, 1e-2, 0.2, 0.5, 0.8, 0.99, 1 - 1e-6, 1 - 1e-9])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vocab", [3, 1000, 10 ** 6])
 def test_constraint_accuracy_float64(vocab):
   rows = 2 if vocab == 10 ** 6 else 9
@@ -108,6 +109,7 @@ def test_constraint_accuracy_float64(vocab):
   assert int(out.iterations) <= 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.5, 4.0])
 def test_float32_phase_of_the_float64_solve(temperature, monkeypatch):
   """From V = 4096 a float64 solve starts with float32 steps: neither the accuracy nor the root
@@ -152,6 +154,7 @@ def test_offset_and_scaled_rewards_give_the_same_solution():
     np.testing.assert_allclose(T.tilt(logp, shifted, a * base.beta), T.tilt(logp, r, base.beta), rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_float32_constants_give_the_float64_solution(monkeypatch):
   """Where every budget exceeds 1/8 (float64, V >= 4096) the constants of ``kl_constrained`` are
   summed in float32 and ``log p(S*)`` comes from the maximisers (``_solve_constants``): the
@@ -284,6 +287,7 @@ P4 = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
 R4 = jnp.array([0.5, 1.0, -0.3, 0.2])
 
 
+@pytest.mark.slow
 def test_check_grads_mean_reward_and_kl():
   f = lambda lg, rr: T.kl_constrained(jax.nn.log_softmax(lg), rr, 0.1)
   check_grads(lambda lg, rr: f(lg, rr).mean_reward, (P4, R4), order=1, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6)
@@ -399,6 +403,7 @@ def test_parameters_broadcast_against_batch_axes():
   assert T.objective(q, P4, R4, 1.0).shape == (2,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows_per_block", [1, 3])
 def test_row_blocks_give_the_whole_batch_results(row_blocks, rows_per_block):
   """On the CPU rows are reduced in blocks (``klrl._src.rows``); values and gradients do not change."""
