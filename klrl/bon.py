@@ -339,15 +339,15 @@ def _level_stats(log_masses, level_reward, log_law, log_below) -> Stats:
 # ---------------------------------------------------------------------------------------------
 # Validation.
 
-def _inputs(where, logp, reward):
-  logp, reward = _checks.logp_reward(where, logp, reward)   # the same checks as the tilted policies
-  return logp, reward
+def _inputs(where, logp, reward, **params):
+  """``logp``, ``reward`` and per-row parameters (``name=(value, check)``) checked and broadcast
+  to one batch shape, as by the tilted policies."""
+  return _checks.logp_reward(where, logp, reward, **params)
 
 
-def _row(where, name, x, logp, low=None, check=None):
-  """A per-row parameter, checked to be ``>= low`` (or by ``check``)."""
-  x = _checks.batch_param(where, name, x, logp.shape[:-1], logp.dtype)
-  return _checks.at_least(where, name, x, low) if check is None else check(where, name, x)
+def _at_least(low):
+  """The check ``x >= low`` of a per-row parameter."""
+  return lambda where, name, x: _checks.at_least(where, name, x, low)
 
 
 def _scalar(where, name, x, low):
@@ -400,9 +400,11 @@ def level_law(log_masses: Float[Array, "... k"], n: Float[Array, "..."] | None =
   if (n is None) == (log_n is None):
     raise _checks.InputError(f"{where}: give exactly one of the arguments 'n' and 'log_n'")
   log_masses = _checks.log_probs(where, "log_masses", _checks.floating(where, "log_masses", log_masses, 1))
-  if log_n is None:
-    return _level_parts(log_masses, n=_row(where, "n", n, log_masses, 1.0)).log_law
-  return _level_parts(log_masses, log_n=_row(where, "log_n", log_n, log_masses, 0.0)).log_law
+  name, x, low = ("n", n, 1.0) if log_n is None else ("log_n", log_n, 0.0)
+  x = _checks.floating(where, name, x)
+  log_masses, x = _checks.broadcast(where, {"log_masses": log_masses}, {name: x}, log_masses.dtype)
+  x = _checks.at_least(where, name, x, low)
+  return _level_parts(log_masses, **{name: x}).log_law
 
 
 @_checks.public
@@ -440,8 +442,7 @@ def level_stats(log_masses: Float[Array, "... k"], level_reward: Float[Array, ".
 
 
 def _bon(where, logp, reward, n):
-  logp, reward = _inputs(where, logp, reward)
-  n = _row(where, "n", n, logp, 1.0)
+  logp, reward, n = _inputs(where, logp, reward, n=(n, _at_least(1.0)))
   lv = _levels(logp, reward)
   return logp, reward, n, lv, _level_parts(lv.log_mass, n=n)
 
@@ -509,8 +510,7 @@ def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: Float[A
     :class:`Stats`.
   """
   where = "klrl.bon.stats"
-  logp, reward = _inputs(where, logp, reward)
-  n = _row(where, "n", n, logp, 1.0)
+  logp, reward, n = _inputs(where, logp, reward, n=(n, _at_least(1.0)))
 
   def rows(logp, reward, n):
     lv = _levels(logp, reward)
@@ -555,8 +555,7 @@ def win_rate_bound(n: Float[Array, "..."]) -> Float[Array, "..."]:
 
 
 def _collision(where, logp, reward, n):
-  logp, reward = _inputs(where, logp, reward)
-  n = _row(where, "n", n, logp, 1.0)
+  logp, reward, n = _inputs(where, logp, reward, n=(n, _at_least(1.0)))
   return n, jnp.exp(logsumexp(2 * _levels(logp, reward).log_mass, axis=-1))
 
 
@@ -600,8 +599,7 @@ def kl_estimator(eps: Float[Array, "..."], n: Float[Array, "..."]) -> Float[Arra
   where = "klrl.bon.kl_estimator"
   eps = _checks.in_unit_interval(where, "eps", _checks.floating(where, "eps", eps))
   n = _scalar(where, "n", n, 1.0)
-  dtype = jnp.result_type(eps, n)
-  eps, n = (x.astype(dtype) for x in jnp.broadcast_arrays(eps, n))
+  eps, n = _checks.broadcast(where, params={"eps": eps, "n": n}, dtype=jnp.result_type(eps, n))
   inner = (eps > 0) & (eps < 1)
   e = jnp.where(inner, eps, 0.5)
   l1 = jnp.log1p(-e)
@@ -723,9 +721,8 @@ def soft_log_policy(logp: Float[Array, "... v"], reward: Float[Array, "... v"], 
   """
   where = "klrl.bon.soft_log_policy"
   _checks.integer(where, "nodes", nodes, 16)
-  logp, reward = _inputs(where, logp, reward)
-  n = _row(where, "n", n, logp, 1.0)
-  temperature = _row(where, "temperature", temperature, logp, check=_checks.positive)
+  logp, reward, n, temperature = _inputs(where, logp, reward, n=(n, _at_least(1.0)),
+                                        temperature=(temperature, _checks.positive))
   return jnp.vectorize(lambda lp, r, nn, t: _soft_row(lp, r, nn, t, nodes), signature="(v),(v),(),()->(v)")(
       logp, reward, n, temperature)
 

@@ -47,12 +47,13 @@ def _pair(where, fn, logp, logq, alpha=None, alpha_check=None):
   logp = _checks.floating(where, "logp", logp, 1)
   logq = _checks.floating(where, "logq", logq, 1)
   _checks.same_support(where, "logp", logp, "logq", logq)
-  params = ()
-  if alpha is not None:
-    batch = jnp.broadcast_shapes(logp.shape, logq.shape)[:-1]
-    alpha = _checks.batch_param(where, "alpha", alpha, batch, jnp.result_type(logp, logq))
-    params = (alpha if alpha_check is None else alpha_check(where, "alpha", alpha),)
-  return _checked_rows(where, fn, ("logp", "logq"), (logp, logq), *params)
+  if alpha is None:
+    return _checked_rows(where, fn, ("logp", "logq"), (logp, logq))
+  alpha = _checks.floating(where, "alpha", alpha)
+  logp, logq, alpha = _checks.broadcast(where, {"logp": logp, "logq": logq}, {"alpha": alpha})
+  alpha = alpha.astype(jnp.result_type(logp, logq))
+  alpha = alpha if alpha_check is None else alpha_check(where, "alpha", alpha)
+  return _checked_rows(where, fn, ("logp", "logq"), (logp, logq), alpha)
 
 
 @_checks.public
@@ -98,8 +99,8 @@ def bernoulli_kl(a: Float[Array, "..."], b: Float[Array, "..."]) -> Float[Array,
   where = "klrl.divergences.bernoulli_kl"
   a = _checks.in_unit_interval(where, "a", _checks.floating(where, "a", a))
   b = _checks.in_unit_interval(where, "b", _checks.floating(where, "b", b))
-  dtype = jnp.result_type(a, b)
-  return _logspace.bernoulli_kl(a.astype(dtype), b.astype(dtype))
+  a, b = _checks.broadcast(where, params={"a": a, "b": b}, dtype=jnp.result_type(a, b))
+  return _logspace.bernoulli_kl(a, b)
 
 
 @_checks.public
@@ -120,8 +121,8 @@ def bernoulli_kl_logits(x: Float[Array, "..."], y: Float[Array, "..."]) -> Float
   where = "klrl.divergences.bernoulli_kl_logits"
   x, y = _checks.floating(where, "x", x), _checks.floating(where, "y", y)
   x, y = _checks.holds(where, "x", x, ~jnp.isnan(x), "contains NaN"), _checks.holds(where, "y", y, ~jnp.isnan(y), "contains NaN")
-  dtype = jnp.result_type(x, y)
-  return _logspace.bernoulli_kl_logits(x.astype(dtype), y.astype(dtype))
+  x, y = _checks.broadcast(where, params={"x": x, "y": y}, dtype=jnp.result_type(x, y))
+  return _logspace.bernoulli_kl_logits(x, y)
 
 
 @_checks.public

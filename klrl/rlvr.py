@@ -166,7 +166,7 @@ def suboptimality_gap(logq: Float[Array, "... y"], logp: Float[Array, "... y"], 
   where = "klrl.rlvr.suboptimality_gap"
   logq = _checks.floating(where, "logq", logq, 1)
   _checks.same_support(where, "logp", _checks.floating(where, "logp", logp, 1), "logq", logq)
-  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, beta=beta, batch=logq.shape[:-1])
+  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, others={"logq": logq}, beta=beta)
   beta = _beta(where, prm["beta"])
   log_pi = tilted.tilt(logp, correct.astype(logp.dtype), beta)
   return beta * divergences.kl(jnp.broadcast_to(logq, logp.shape).astype(logp.dtype), log_pi)
@@ -201,8 +201,8 @@ def natural_gradient_flow(logp: Float[Array, "... y"], correct: Bool[Array, "...
   if logq0 is not None:
     logq0 = _checks.floating(where, "logq0", logq0, 1)
     _checks.same_support(where, "logp", _checks.floating(where, "logp", logp, 1), "logq0", logq0)
-  batch = () if logq0 is None else logq0.shape[:-1]
-  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, beta=beta, t=t, batch=batch)
+  others = None if logq0 is None else {"logq0": logq0}
+  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, others=others, beta=beta, t=t)
   beta = _beta(where, prm["beta"])[..., None]
   t = _checks.nonnegative(where, "t", prm["t"])[..., None]
   c = correct.astype(logp.dtype)

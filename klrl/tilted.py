@@ -209,6 +209,7 @@ def objective(logq: Float[Array, "... v"], logp: Float[Array, "... v"], reward: 
   """
   where = "klrl.tilted.objective"
   logq = _checks.floating(where, "logq", logq, 1)
+  _checks.batch_shape(where, {"logq": logq, "logp": logp, "reward": reward}, {"beta": beta})
   logp, reward, beta = _checks.logp_reward(where, logp, reward, beta=(beta, _checks.positive))
   _checks.same_support(where, "logp", logp, "logq", logq)
   shape = jnp.broadcast_shapes(logp.shape, logq.shape)
@@ -500,12 +501,10 @@ def dual_frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"], de
   Its minimum over ``lam`` is ``R(delta)``; every value is an upper bound on ``R(delta)``.
   """
   where = "klrl.tilted.dual_frontier"
+  lam = _checks.floating(where, "lam", lam, 1)
+  _checks.batch_shape(where, {"logp": logp, "reward": reward, "lam": lam}, {"delta": delta})
   logp, reward, delta = _checks.logp_reward(where, logp, reward, delta=(delta, _checks.nonnegative))
-  lam = _checks.positive(where, "lam", _checks.floating(where, "lam", lam, 1)).astype(logp.dtype)
-  try:
-    lam = jnp.broadcast_to(lam, logp.shape[:-1] + lam.shape[-1:])
-  except ValueError:
-    raise _checks.InputError(f"{where}: argument 'lam' has shape {lam.shape}, which does not broadcast "
-                             f"with the batch shape {logp.shape[:-1]}") from None
+  lam = _checks.positive(where, "lam", lam).astype(logp.dtype)
+  logp, reward, lam, delta = _checks.broadcast(where, {"logp": logp, "reward": reward, "lam": lam}, {"delta": delta})
   a = logsumexp(logp[..., None, :] + lam[..., None] * reward[..., None, :], axis=-1)
   return (delta[..., None] + a) / lam

@@ -207,8 +207,14 @@ def _metrics(logq, logp, c, beta, target: _Target) -> Metrics:
 # ---------------------------------------------------------------------------------------------
 # Validation shared by the loops.
 
+# The loops and gradients reduce over prompts, so a parameter's extra axes cannot become batch
+# axes as elsewhere in klrl: they are refused, pointing to jax.vmap.
+_ONE_RUN = ("; klrl.train reduces over prompts (one set of parameters per call), so extra axes cannot become "
+            "batch axes: for several runs, jax.vmap over them")
+
+
 def _problem(where, logp, correct, beta, features=None, beta_name="beta", beta_check=_checks.positive):
-  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, **{beta_name: beta})
+  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, extend=False, why=_ONE_RUN, **{beta_name: beta})
   b = beta_check(where, beta_name, prm[beta_name])
   if features is not None:
     features = _checks.floating(where, "features", features, 2)
@@ -568,7 +574,8 @@ def kl_constrained_training(logp: Float[Array, "... y"], correct: Bool[Array, ".
   where = "klrl.train.kl_constrained_training"
   _static(where, steps)
   logp, c, delta, features = _problem(where, logp, correct, delta, features, "delta", _checks.nonnegative)
-  nu0 = _checks.positive(where, "multiplier", _checks.batch_param(where, "multiplier", multiplier, logp.shape[:-1]))
+  nu0 = _checks.positive(where, "multiplier", _checks.batch_param(where, "multiplier", multiplier, logp.shape[:-1],
+                                                                  why=_ONE_RUN))
   u0 = jnp.log(jnp.broadcast_to(nu0, logp.shape[:-1]).astype(logp.dtype))
   primal = jax.value_and_grad(_loss, has_aux=True)
 

@@ -19,6 +19,25 @@ that JAX's persistent compilation cache can store every public function:
   engine uses it so that its compiled kernels stay free of callbacks too.
 - :func:`named` gives functions checked in plain Python (file loaders, generators) the
   public name their messages use, and :func:`renamed` publishes one under a second name.
+
+Broadcasting. One rule gives the shape of every call, in every module:
+
+- an argument over a support (log-probabilities, rewards, masks, a grid along the last axis)
+  has batch axes: all its axes but the last;
+- a per-row parameter (``beta``, ``delta``, ``n``, ``temperature``, ``t``, ``x``, ``alpha``,
+  ``eps``, ...: a scalar or one per row) has batch axes: all its axes;
+- the batch shape of a call is the NumPy broadcast of the batch axes of all its arguments, and
+  every output has that batch shape (followed by the output's own axes, such as the support).
+
+So a parameter's extra axes become batch axes: one reference ``logp[V]`` with ``deltas[K]``
+gives ``K`` results, ``logp[B, V]`` with ``delta[K, 1]`` gives ``(K, B)``. Shapes that do not
+broadcast raise :class:`InputError` naming the argument, at trace time. :func:`batch_shape`
+states the rule and :func:`broadcast` applies it; :func:`logp_reward` and :func:`prompts` are
+built on them. A function that evaluates several quantities at separate points
+(``klrl.memoryless.large_deviations`` at ``x`` and at ``t``) gives each quantity the batch shape of
+the arguments it depends on. Functions that reduce over their rows (the training loops of
+``klrl.train`` average over prompts) cannot turn a parameter's extra axes into batch axes: they
+refuse them (:func:`batch_param`), and several runs are a ``jax.vmap``.
 """
 from __future__ import annotations
 
@@ -39,7 +58,7 @@ from jax.scipy.special import logsumexp
 
 from klrl._src import logspace as _logspace
 
-__all__ = ["InputError", "public", "collect", "raise_codes", "named", "renamed"]
+__all__ = ["InputError", "public", "collect", "raise_codes", "named", "renamed", "batch_shape", "broadcast"]
 
 _log = logging.getLogger("klrl")
 
@@ -319,8 +338,53 @@ def same_support(where: str, name_a: str, a, name_b: str, b):
     _fail(where, name_b, f"has shape {b.shape}, whose batch axes do not broadcast with '{name_a}' of shape {a.shape}")
 
 
-def batch_param(where: str, name: str, x, batch_shape: tuple[int, ...], dtype=None) -> jax.Array:
-  """A per-row parameter: a scalar or an array that broadcasts to ``batch_shape``.
+def batch_shape(where: str, rows: dict | None = None, params: dict | None = None) -> tuple[int, ...]:
+  """The batch shape of a call (the broadcasting rule of the module docstring).
+
+  Args:
+    where: the public name of the function, for messages.
+    rows: arguments with a last axis of their own (a support, a grid), by name: their batch
+      axes are all axes but the last.
+    params: per-row parameters, by name: all their axes are batch axes.
+
+  Returns:
+    The NumPy broadcast of all those batch axes.
+
+  Raises:
+    InputError: naming the first argument (``rows`` first, in order) whose batch axes do not
+      broadcast with those of the arguments before it.
+  """
+  batch, seen = (), []
+  for of_rows, items in ((True, rows or {}), (False, params or {})):
+    for name, x in items.items():
+      shape = tuple(np.shape(x))
+      axes = shape[:-1] if of_rows else shape
+      try:
+        batch = tuple(np.broadcast_shapes(batch, axes))
+      except ValueError:
+        what = f"has shape {shape}, whose batch axes {axes} do not" if of_rows else f"has shape {shape}, which does not"
+        _fail(where, name, f"{what} broadcast with the batch axes {batch} of {'/'.join(repr(n) for n in seen)}")
+      seen.append(name)
+  return batch
+
+
+def broadcast(where: str, rows: dict | None = None, params: dict | None = None, dtype=None) -> list[jax.Array]:
+  """The arguments broadcast to the batch shape of the call (:func:`batch_shape`).
+
+  Returns ``rows``' arrays with shape ``batch + (their last axis,)`` followed by ``params``'
+  arrays with shape ``batch``, in order, cast to ``dtype`` if given.
+  """
+  rows, params = rows or {}, params or {}
+  batch = batch_shape(where, rows, params)
+  cast = (lambda x: x) if dtype is None else (lambda x: x.astype(dtype))
+  return ([cast(jnp.broadcast_to(x, batch + x.shape[-1:])) for x in rows.values()]
+          + [cast(jnp.broadcast_to(x, batch)) for x in params.values()])
+
+
+def batch_param(where: str, name: str, x, batch_shape: tuple[int, ...], dtype=None, why: str = "") -> jax.Array:
+  """A per-row parameter that may not add batch axes: a scalar or an array that broadcasts to
+  ``batch_shape``. For functions that reduce over their rows (the training loops), where extra
+  axes could not become batch axes; ``why`` is appended to the message.
 
   Returns it broadcast to ``batch_shape`` (and cast to ``dtype`` if given).
   """
@@ -330,7 +394,7 @@ def batch_param(where: str, name: str, x, batch_shape: tuple[int, ...], dtype=No
   except ValueError:
     out = None
   if out != tuple(batch_shape):
-    _fail(where, name, f"must be a scalar or broadcast to the batch shape {tuple(batch_shape)}, got shape {x.shape}")
+    _fail(where, name, f"must be a scalar or broadcast to the batch shape {tuple(batch_shape)}, got shape {x.shape}{why}")
   return jnp.broadcast_to(x if dtype is None else x.astype(dtype), batch_shape)
 
 
@@ -510,52 +574,48 @@ def holds(where: str, name: str, x: jax.Array, ok: jax.Array, what: str) -> jax.
 def logp_reward(where, logp, reward, values=True, **params):
   """Checks and broadcasts ``logp``, ``reward`` and per-row parameters to one batch shape.
 
-  ``params`` maps a name to ``(value, check)``; each value is a scalar or an array over batch
-  axes. Value checks of ``logp``/``reward`` are skipped when ``values=False`` (the caller folds
-  them into their first pass over the data). Returns ``logp, reward, *params``.
+  ``params`` maps a name to ``(value, check)``; each value is a scalar or an array whose axes
+  are batch axes (:func:`batch_shape`), and ``check(where, name, x)`` (or ``None``) is applied to
+  it after broadcasting. Value checks of ``logp``/``reward`` are skipped when ``values=False``
+  (the caller folds them into their first pass over the data). Returns ``logp, reward,
+  *params``, all in the floating dtype of ``logp`` and ``reward``.
   """
   logp = floating(where, "logp", logp, 1)
   reward = floating(where, "reward", reward, 1)
   same_support(where, "logp", logp, "reward", reward)
-  batch = np.broadcast_shapes(logp.shape[:-1], reward.shape[:-1])
-  xs = []
-  for name, (value, check) in params.items():
-    x = floating(where, name, value)
-    try:
-      batch = np.broadcast_shapes(batch, x.shape)
-    except ValueError:
-      _fail(where, name, f"has shape {x.shape}, which does not broadcast with the batch axes {batch} of 'logp'/'reward'")
-    xs.append((name, x, check))
+  xs = {name: floating(where, name, value) for name, (value, _) in params.items()}
   dtype = jnp.result_type(logp, reward)
   if values:
     logp, reward = log_probs(where, "logp", logp), finite(where, "reward", reward)
-  shape = batch + logp.shape[-1:]
-  out = [jnp.broadcast_to(logp, shape).astype(dtype), jnp.broadcast_to(reward, shape).astype(dtype)]
-  out += [check(where, name, jnp.broadcast_to(x, batch).astype(dtype)) for name, x, check in xs]
-  return out
+  logp, reward, *xs = broadcast(where, {"logp": logp, "reward": reward}, xs, dtype)
+  checks = [(name, check) for name, (_, check) in params.items()]
+  return [logp, reward] + [x if check is None else check(where, name, x) for (name, check), x in zip(checks, xs)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Prompts with verifier verdicts (RLVR and its training loops).
 
-def prompts(where, logp, correct, name="logp", batch=(), **params):
+def prompts(where, logp, correct, name="logp", others=None, extend=True, why="", **params):
   """Checks ``logp``/``correct`` and per-prompt parameters; broadcasts all to one batch shape.
 
   Returns ``(logp, correct, log a_ref, log(1 - a_ref), params)``, the row quantities and the
   parameters broadcast to the common batch shape and cast to the floating dtype. ``logp`` is
   the reference (named ``name`` in messages); every prompt needs a correct response of positive
-  reference probability. ``batch`` is a further batch shape to broadcast to.
+  reference probability. ``others`` names further arguments over the same support (a policy
+  ``logq``) whose batch axes join the batch shape. With ``extend=False`` the parameters may not
+  add batch axes to those of the prompts (functions that reduce over prompts; ``why`` says so in
+  the message, see :func:`batch_param`).
   """
   logp = floating(where, name, logp, 1)
   correct = mask(where, "correct", correct)
   same_support(where, name, logp, "correct", correct)
-  batch = np.broadcast_shapes(logp.shape[:-1], correct.shape[:-1], batch)
+  rows = {name: logp, "correct": correct, **(others or {})}
   params = {k: floating(where, k, v) for k, v in params.items()}
-  for key, v in params.items():
-    try:
-      batch = np.broadcast_shapes(batch, v.shape)
-    except ValueError:
-      _fail(where, key, f"has shape {v.shape}, which does not broadcast with the prompts' batch shape {batch}")
+  if not extend:
+    prompts_batch = batch_shape(where, rows)
+    for key, v in params.items():
+      batch_param(where, key, v, prompts_batch, why=why)
+  batch = batch_shape(where, rows, params)
   dtype = jnp.result_type(logp, *params.values())
   logp = log_probs(where, name, logp)
   la, lw = _logspace.log_masses(logp, correct)

@@ -30,27 +30,22 @@ def public(fn=None, *, static: tuple[str, ...] = (), name: str | None = None):
   return _checks.public(fn, static=static)
 
 
-def inputs(where, logp, reward):
-  """``logp`` and ``reward``, checked and broadcast as by the tilted policies."""
-  return tuple(_checks.logp_reward(where, logp, reward))
+def inputs(where, logp, reward, **params):
+  """``logp``, ``reward`` and per-row parameters (``name=(value, check)``), checked and broadcast
+  to one batch shape as by the tilted policies (:func:`klrl._src.checks.logp_reward`)."""
+  return tuple(_checks.logp_reward(where, logp, reward, **params))
 
 
-def points(where, name, logp, reward, x):
-  """Broadcasts per-row points ``x`` against the batch axes; returns the broadcast triple."""
+def points(where, name, x, logp, reward, **known):
+  """Per-row points ``x`` (finite) and the rows they are taken on, broadcast to one batch shape.
+
+  ``logp`` and ``reward`` may come from an earlier stage (the KL-RL solution at ``delta``):
+  ``known`` gives the per-row arguments already broadcast into them, by name, so that a shape
+  error names every argument the batch shape came from. Returns ``logp, reward, x``.
+  """
   x = _checks.finite(where, name, _checks.floating(where, name, x)).astype(logp.dtype)
-  try:
-    shape = jnp.broadcast_shapes(logp.shape[:-1], x.shape)
-  except ValueError:
-    raise _checks.InputError(f"{where}: argument '{name}' has shape {x.shape}, which does not broadcast "
-                             f"with the batch shape {logp.shape[:-1]}") from None
-  v = logp.shape[-1]
-  return (jnp.broadcast_to(logp, shape + (v,)), jnp.broadcast_to(reward, shape + (v,)),
-          jnp.broadcast_to(x, shape))
-
-
-def row(where, name, x, batch, dtype, check):
-  """A per-row parameter broadcast to ``batch``, cast to ``dtype`` and passed through ``check``."""
-  return check(where, name, _checks.batch_param(where, name, x, batch, dtype))
+  logp, reward, *rest = _checks.broadcast(where, {"logp": logp, "reward": reward}, {**known, name: x})
+  return logp, reward, rest[-1]
 
 
 def concrete(x) -> bool:

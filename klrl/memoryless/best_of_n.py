@@ -104,11 +104,7 @@ def _bon_plan(log_mass, offset, span, scale, delta, n, tilts, size) -> _Plan:
   if size is not None:
     n = _checks.holds(where, "n", n, n * (length - 1) + 1 <= size,
                       f"is too large for argument 'size' = {size} (n (L-1) + 1 <= size, L = {length} lattice points)")
-  try:
-    batch = jnp.broadcast_shapes(log_mass.shape[:-1], delta.shape, n.shape)
-  except ValueError:
-    raise _checks.InputError(f"{where}: arguments 'delta' {delta.shape} and 'n' {n.shape} do not broadcast with "
-                             f"the batch shape {log_mass.shape[:-1]}") from None
+  batch = _checks.batch_shape(where, {"lat": log_mass}, {"delta": delta, "n": n})
   log_mass = jnp.broadcast_to(log_mass, batch + (length,))
   offset, span, scale, delta, n = (jnp.broadcast_to(a, batch) for a in (offset, span, scale, delta, n))
   j = jnp.broadcast_to(jnp.arange(length, dtype=dtype), log_mass.shape)
@@ -213,6 +209,7 @@ def bon_vs_kl_lattice(lat: Lattice, delta: Float[Array, "..."], n, *, size: int 
   """
   where = "klrl.memoryless.bon_vs_kl_lattice"
   fields = _args.unpack(where, lat, Lattice)
+  _checks.batch_shape(where, {"lat": lat.log_mass}, {"delta": delta, "n": n})
   if size is not None:
     size = _args.count(where, "size", size, 1)
   window = _fft.static_window(where, lat.log_mass, n, size)
@@ -261,6 +258,7 @@ def bon_vs_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta:
     :class:`BonVsKL`: per-token ``mean_reward``, ``kl``, ``kl_to_tilted``, the ``win_rate``, the
     targets ``target_reward = x_delta`` and ``lam = lam_delta``, and ``predicted_gap``.
   """
+  _checks.batch_shape("klrl.memoryless.bon_vs_kl", {"logp": logp, "reward": reward}, {"delta": delta, "n": n})
   lat = lattice(logp, reward, scale, rounding=rounding)
   return bon_vs_kl_lattice(lat, delta, n, tilts=tilts)
 
@@ -268,8 +266,7 @@ def bon_vs_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta:
 @_args.public(static=("n",), name="bon_vs_kl_enumerated")
 def _enumerated(logp, reward, k, delta, n):
   where = "klrl.memoryless.bon_vs_kl_enumerated"
-  logp, reward = _args.inputs(where, logp, reward)
-  delta = _args.row(where, "delta", delta, logp.shape[:-1], logp.dtype, _checks.nonnegative)
+  logp, reward, delta = _args.inputs(where, logp, reward, delta=(delta, _checks.nonnegative))
   v = logp.shape[-1]
   seqs = np.indices((v,) * n).reshape(n, -1)                     # (n, V^n): every sequence
   log_seq = sum(logp[..., seqs[i]] for i in range(n))

@@ -70,8 +70,7 @@ def cgf(logp: Float[Array, "... v"], reward: Float[Array, "... v"], t: Float[Arr
     ``A(t)``, with the broadcast shape of the batch axes and ``t``.
   """
   where = "klrl.memoryless.cgf"
-  logp, reward = _args.inputs(where, logp, reward)
-  logp, reward, t = _args.points(where, "t", logp, reward, t)
+  logp, reward, t = _args.inputs(where, logp, reward, t=(t, _checks.finite))
   return _cum(logp, reward, t).log_z
 
 
@@ -189,13 +188,14 @@ def rate_function(logp: Float[Array, "... v"], reward: Float[Array, "... v"], x:
     ``I_p(x) >= 0`` with the broadcast shape of the batch axes and ``x``.
   """
   where = "klrl.memoryless.rate_function"
-  logp, reward = _args.inputs(where, logp, reward)
-  return _rate(where, *_args.points(where, "x", logp, reward, x)).value
+  logp, reward, x = _args.inputs(where, logp, reward, x=(x, _checks.finite))
+  return _rate(where, logp, reward, x).value
 
 
 def _solution(where, logp, reward, delta):
-  delta = _args.row(where, "delta", delta, logp.shape[:-1], logp.dtype, _checks.nonnegative)
-  return tilted.kl_constrained(logp, reward, delta)
+  """``logp``, ``reward`` and ``delta`` checked and broadcast, and the KL-RL solution at ``delta``."""
+  logp, reward, delta = _args.inputs(where, logp, reward, delta=(delta, _checks.nonnegative))
+  return logp, reward, delta, tilted.kl_constrained(logp, reward, delta)
 
 
 @_args.public
@@ -216,9 +216,8 @@ def tilted_rate_function(logp: Float[Array, "... v"], reward: Float[Array, "... 
     x: per-token reward levels; broadcast with the batch axes.
   """
   where = "klrl.memoryless.tilted_rate_function"
-  logp, reward = _args.inputs(where, logp, reward)
-  phi = _solution(where, logp, reward, delta).log_policy
-  return _rate(where, *_args.points(where, "x", phi, reward, x)).value
+  _, reward, delta, sol = _solution(where, logp, reward, delta)
+  return _rate(where, *_args.points(where, "x", x, sol.log_policy, reward, delta=delta)).value
 
 
 @_args.public
@@ -237,10 +236,8 @@ def scgf(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Floa
     t: real argument; broadcasts with the batch axes.
   """
   where = "klrl.memoryless.scgf"
-  logp, reward = _args.inputs(where, logp, reward)
-  phi = _solution(where, logp, reward, delta).log_policy
-  phi, reward, t = _args.points(where, "t", phi, reward, t)
-  return _cum(phi, reward, t).log_z
+  _, reward, delta, sol = _solution(where, logp, reward, delta)
+  return _cum(*_args.points(where, "t", t, sol.log_policy, reward, delta=delta)).log_z
 
 
 @_args.public
@@ -258,9 +255,8 @@ def scgf_renyi(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta
   the identity. Saturated budgets (``lam = inf``) give the limit ``t r_max``.
   """
   where = "klrl.memoryless.scgf_renyi"
-  logp, reward = _args.inputs(where, logp, reward)
-  sol = _solution(where, logp, reward, delta)
-  return _renyi_form(*_args.points(where, "t", logp, reward, t), sol)
+  logp, reward, delta, sol = _solution(where, logp, reward, delta)
+  return _renyi_form(*_args.points(where, "t", t, logp, reward, delta=delta), sol)
 
 
 def _renyi_form(logp, reward, t, sol):
@@ -306,7 +302,9 @@ def large_deviations(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
 
   One KL-constrained solve and one rate solve (under ``p`` and ``phi_delta``, at ``x`` and at
   ``x_delta``, together) for all of them: the same values as the separate functions, for a
-  fraction of the compilation.
+  fraction of the compilation. The points ``x`` and ``t`` are separate grids: each field has the
+  batch shape of the function it stands for (``rate`` and ``tilted_rate`` with ``x``, ``cgf``,
+  ``scgf`` and ``scgf_renyi`` with ``t``, the others with ``delta`` only).
 
   Args:
     logp: reference log-probabilities over the last axis.
@@ -316,19 +314,26 @@ def large_deviations(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
     t: arguments of the generating functions; broadcast with the batch axes.
   """
   where = "klrl.memoryless.large_deviations"
-  logp, reward = _args.inputs(where, logp, reward)
-  sol = _solution(where, logp, reward, delta)
+  logp, reward, delta, sol = _solution(where, logp, reward, delta)
+
+  def under_both(name, x):
+    """The rows of ``p`` and of ``phi_delta`` (leading axis of 2) with the points ``x``."""
+    lp, rw, xs = _args.points(where, name, x, logp, reward, delta=delta)
+    pair = lambda a, b: jnp.stack([a, jnp.broadcast_to(b, a.shape)])
+    return pair(lp, sol.log_policy), pair(rw, rw), pair(xs, xs), (lp, rw, xs)
+
   both = jnp.stack([logp, sol.log_policy])
-  lp, rw, xs = _args.points(where, "x", both, jnp.broadcast_to(reward, both.shape), x)
+  lp, rw, xs, _ = under_both("x", x)
   # Rows flattened so that the points x and the targets x_delta share one solve.
   v = logp.shape[-1]
   rates = _rate(where, jnp.concatenate([lp.reshape(-1, v), both.reshape(-1, v)]),
                 jnp.concatenate([rw.reshape(-1, v), jnp.broadcast_to(reward, both.shape).reshape(-1, v)]),
                 jnp.concatenate([xs.reshape(-1), jnp.broadcast_to(sol.mean_reward, both.shape[:-1]).reshape(-1)])).value
   at_x, at_target = rates[:xs.size].reshape(xs.shape), rates[xs.size:].reshape(both.shape[:-1])
-  gen = _cum(*_args.points(where, "t", both, jnp.broadcast_to(reward, both.shape), t)).log_z
+  lp, rw, ts, at_t = under_both("t", t)
+  gen = _cum(lp, rw, ts).log_z
   return LargeDeviations(rate=at_x[0], tilted_rate=at_x[1], cgf=gen[0], scgf=gen[1],
-                         scgf_renyi=_renyi_form(*_args.points(where, "t", logp, reward, t), sol),
+                         scgf_renyi=_renyi_form(*at_t, sol),
                          lam=sol.lam, target=sol.mean_reward, rate_at_target=at_target[0],
                          tilted_rate_at_target=at_target[1])
 
@@ -356,8 +361,7 @@ def scaled_cumulants(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
   where = "klrl.memoryless.scaled_cumulants"
   if isinstance(order, bool) or not isinstance(order, int) or order < 1:
     raise _checks.InputError(f"{where}: argument 'order' must be a Python int >= 1, got {order!r}")
-  logp, reward = _args.inputs(where, logp, reward)
-  sol = _solution(where, logp, reward, delta)
+  logp, reward, delta, sol = _solution(where, logp, reward, delta)
   centred = reward - sol.mean_reward[..., None]
   f = lambda t: logsumexp(sol.log_policy + t[..., None] * centred, axis=-1)
   t0 = jnp.zeros(logp.shape[:-1], logp.dtype)
