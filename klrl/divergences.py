@@ -33,12 +33,9 @@ def _checked_rows(where, fn, names, arrays, *params):
   arrays = [jnp.broadcast_to(a, shape).astype(dtype) for a in arrays]
 
   def rows(*args):
-    return fn(*args), [jnp.exp(logsumexp(a, axis=-1)) for a in args[:len(arrays)]]
+    return fn(*args), [jnp.exp(logsumexp(a, axis=-1)) for a in args[:len(arrays)]], ()
 
-  out, totals = _rows.by_rows(rows, shape[:-1], shape[-1], jnp.dtype(dtype).itemsize, *arrays, *params)
-  for name, total in zip(names, totals):
-    out = _checks.normalised(where, name, out, total)
-  return out
+  return _rows.checked(where, rows, tuple(names), (), *arrays, *params)
 
 
 def _pair(where, fn, logp, logq, alpha=None, alpha_check=None):

@@ -194,8 +194,12 @@ def _tie_to(x, zero):
   return jax.tree.map(tie, x)
 
 
-def public(fn=None, *, static: tuple[str, ...] = (), convert: bool = True):
+def public(fn=None, *, static: tuple[str, ...] = (), convert: bool = True, module: str | None = None,
+           name: str | None = None):
   """Compile a public function and turn its input errors into :class:`InputError`.
+
+  ``module`` and ``name`` give the public name ``klrl.<module>.<name>`` that its messages use
+  when that is not where it is defined (a package's submodule, a private core).
 
   Python numbers and NumPy arrays are converted to JAX arrays before the call (unless
   ``convert`` is false), so a new value of ``beta`` does not trigger a new compilation.
@@ -203,7 +207,11 @@ def public(fn=None, *, static: tuple[str, ...] = (), convert: bool = True):
   so are non-array leaves of the arguments.
   """
   if fn is None:
-    return functools.partial(public, static=static, convert=convert)
+    return functools.partial(public, static=static, convert=convert, module=module, name=name)
+  if module is not None:
+    fn.__module__ = module
+  if name is not None:
+    fn.__name__ = fn.__qualname__ = name
   jitted = eqx.filter_jit(collect(fn))
   names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
   where = f"{fn.__module__}.{fn.__name__}"

@@ -5,7 +5,6 @@ Shapes are checked while tracing and values inside the computation, through
 """
 from __future__ import annotations
 
-import functools
 
 import jax.numpy as jnp
 
@@ -14,10 +13,7 @@ from klrl._src import checks as _checks
 
 def public(fn=None, *, static: tuple[str, ...] = ()):
   """:func:`klrl._src.checks.public` for a function exported as ``klrl.chains.<name>``."""
-  if fn is None:
-    return functools.partial(public, static=static)
-  fn.__module__ = "klrl.chains"
-  return _checks.public(fn, static=static)
+  return _checks.public(fn, static=static, module="klrl.chains")
 
 
 def log_kernel(where, name, x, values=True):

@@ -5,7 +5,6 @@ whichever module defines it.
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +21,7 @@ def public(fn=None, *, static: tuple[str, ...] = (), name: str | None = None):
   ``name`` defaults to the function's own; a private core passes the name of the public
   function it serves.
   """
-  if fn is None:
-    return functools.partial(public, static=static, name=name)
-  fn.__module__ = PACKAGE
-  if name is not None:
-    fn.__name__ = fn.__qualname__ = name
-  return _checks.public(fn, static=static)
+  return _checks.public(fn, static=static, module=PACKAGE, name=name)
 
 
 def inputs(where, logp, reward, **params):
