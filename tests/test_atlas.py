@@ -11,6 +11,8 @@ from klrl.report import Check, Section, write_report
 from klrl.report.plotting import plt, save
 from klrl.report.sections import SECTIONS
 
+pytestmark = pytest.mark.slow   # every test here shares the atlas run
+
 
 class Parsed(HTMLParser):
   def __init__(self, text):

@@ -200,7 +200,12 @@ def test_one_row_with_a_vector_of_parameters(case):
   _check(case, got, refs, (K,))
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+# The memoryless functions' column cases compile large programs: they run in the slow tier.
+COLUMN_CASES = [pytest.param(c, marks=pytest.mark.slow) if c.fn.__module__.startswith("klrl.memoryless") else c
+                for c in CASES]
+
+
+@pytest.mark.parametrize("case", COLUMN_CASES, ids=IDS)
 def test_rows_with_a_column_of_parameters(case):
   rows = B if case.data else 1
   data = case.data if case.data else {}
