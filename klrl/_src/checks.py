@@ -107,8 +107,15 @@ class Errors:
   def stacked(self):
     return jnp.stack(vary_alike(self.codes)) if self.codes else jnp.zeros((0,), jnp.int32)
 
+  def tie(self, x):
+    """``x`` tied to these checks through one host callback that raises when one fails."""
+    if not self.codes:
+      return x
+    return _tie_to(x, _raise_at_run_time(self.stacked(), tuple(self.messages)))
+
 
 _state = threading.local()
+_raised: list = [None]   # the last message raised by a callback (which may run on another thread)
 
 
 def _active() -> Errors | None:
@@ -167,7 +174,7 @@ def _raise_at_run_time(codes, messages):
     msg = first_error(codes, messages)
     if msg is not None:
       _log.error("klrl.InputError: %s", msg)
-      _state.raised = msg
+      _raised[0] = msg
       raise InputError(msg)
     return np.zeros(codes.shape[:-1], np.float32)     # batch axes where the caller vmaps
 
@@ -219,9 +226,7 @@ def public(fn=None, *, static: tuple[str, ...] = (), convert: bool = True, modul
   @eqx.filter_jit
   def raising(*args, **kwargs):
     out, errors = _tracing(fn, *args, **kwargs)
-    if not errors.codes:
-      return out
-    return _tie_to(out, _raise_at_run_time(errors.stacked(), tuple(errors.messages)))
+    return errors.tie(out)
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
@@ -232,13 +237,13 @@ def public(fn=None, *, static: tuple[str, ...] = (), convert: bool = True, modul
     if _active() is not None:          # inside another public function or `collect`
       return fn(*args, **kwargs)       # its checks are recorded there, or tied (see `_tie`)
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
-      _state.raised = None
+      _raised[0] = None
       try:
         return raising(*args, **kwargs)
       except jax.errors.JaxRuntimeError:   # values known now (an eager vmap or grad): raise plainly
-        if getattr(_state, "raised", None) is None:
+        if _raised[0] is None:
           raise
-        raise InputError(_state.raised) from None
+        raise InputError(_raised[0]) from None
     out, codes, messages = jitted(*args, **kwargs)
     raise_codes(codes, messages)
     return out
@@ -466,7 +471,7 @@ def _tie(x, bad, msgs, index=0):
     return x
   own = Errors()
   own.add(bad, msgs, index)
-  return _tie_to(x, _raise_at_run_time(own.stacked(), tuple(own.messages)))
+  return own.tie(x)
 
 
 def _tol(dtype) -> float:
