@@ -62,7 +62,9 @@ def test_birth_death_stationary_law_is_analytic(case):
   assert ref.min() < (1e-12 if case == "bottleneck" else 1.0)
   np.testing.assert_allclose(pi, ref, rtol=1e-12, atol=0)         # GTH: relative accuracy everywhere
   assert float(C.detailed_balance(logk).max_residual) < 1e-12     # birth-death chains are reversible
-  np.testing.assert_allclose(C.stationary(logk, "solve"), ref, rtol=SOLVE_RTOL, atol=0)
+  solved = C.stationary(logk, "solve")
+  np.testing.assert_allclose(solved, ref, rtol=SOLVE_RTOL, atol=0)
+  np.testing.assert_allclose(solved, ref, rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("case", ["smooth", "bottleneck"])
