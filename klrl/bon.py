@@ -589,8 +589,8 @@ def kl_estimator(eps: Float[Array, "..."], n: Float[Array, "..."]) -> Float[Arra
   ``D(eps, N) = (1-eps)^N [log N + (N-1) log(1-eps) - (N-1)/N]
   + (1 - (1-eps)^N) log((1 - (1-eps)^N)/eps)``, in ``[0, log N - (N-1)/N]``; it is the exact
   BoN KL of a reference made of a continuum plus one top atom of mass ``eps`` (SPEC §2).
-  Evaluated with ``log1p``/``expm1`` (stable for ``N`` up to ``1e300``); ``eps = 0`` gives
-  ``log N - (N-1)/N`` and ``eps = 1`` gives 0.
+  Evaluated with ``log1p``/``expm1`` for every ``N``, ``N = inf`` included (its limit is
+  ``-log eps``); ``eps = 0`` gives ``log N - (N-1)/N`` and ``eps = 1`` gives 0.
 
   Args:
     eps: reference probability in ``[0, 1]``.
@@ -603,9 +603,11 @@ def kl_estimator(eps: Float[Array, "..."], n: Float[Array, "..."]) -> Float[Arra
   inner = (eps > 0) & (eps < 1)
   e = jnp.where(inner, eps, 0.5)
   l1 = jnp.log1p(-e)
-  a = n * l1                                     # log (1 - eps)^N
+  a = n * l1                                     # log (1 - eps)^N, -inf at N = inf
   hit = -jnp.expm1(a)                            # 1 - (1 - eps)^N
-  first = jnp.exp(a) * (jnp.log(n) + (n - 1) * l1 - (n - 1) / n)
+  stay = jnp.exp(a) > 0                          # else the first term is 0 (its limit as N -> inf)
+  m = jnp.where(stay, n, 1.0)
+  first = jnp.where(stay, jnp.exp(a) * (jnp.log(m) + (m - 1) * l1 - (m - 1) / m), 0.0)
   value = first + hit * (jnp.log(hit) - jnp.log(e))
   return jnp.where(inner, value, jnp.where(eps == 0, _kl_bound(n), 0.0))
 
@@ -664,6 +666,9 @@ def sample(key: Array, logp: Float[Array, "... v"], reward: Float[Array, "... v"
 # Soft best-of-N.
 
 def _soft_row(logp, reward, n, temperature, nodes):
+  """``(log pi_{N,tau}, L)``: the law and the quadrature's integration length in ``log t``."""
+  tilt = n == jnp.inf                                           # the limit N -> inf: the tilt
+  n = jnp.where(tilt, 1.0, n)
   mass = logp > -jnp.inf
   r_max = jnp.max(jnp.where(mass, reward, -jnp.inf))
   lw = jnp.where(mass, (reward - r_max) / temperature, 0.0)    # log w, <= 0, max 0
@@ -684,7 +689,13 @@ def _soft_row(logp, reward, n, temperature, nodes):
   log_m = jnp.where(near, jnp.log1p(jnp.where(near, m1, 0.0)), logsumexp(lp - wt, axis=-1))
   integrand = s - wt + (n - 1) * log_m[:, None]                  # log(w t e^{-w t} M^{N-1})
   log_int = logsumexp(integrand, axis=0) + jnp.log(h)
-  return log_normalize(jnp.where(mass, jnp.log(n) + logp + log_int, -jnp.inf))
+  law = jnp.where(tilt, jnp.where(mass, logp + lw, -jnp.inf), jnp.where(mass, jnp.log(n) + logp + log_int, -jnp.inf))
+  return log_normalize(law), jnp.where(tilt, 0.0, x_hi - x_lo)
+
+
+def _soft_tolerance(dtype) -> float:
+  """The quadrature error ``soft_log_policy`` accepts: far below the dtype's own rounding."""
+  return 1e-10 if jnp.finfo(dtype).bits > 32 else 1e-5
 
 
 @_checks.public(static=("nodes",))
@@ -705,9 +716,12 @@ def soft_log_policy(logp: Float[Array, "... v"], reward: Float[Array, "... v"], 
   ``exp(-pi^2 (nodes - 1) / L)`` for the integration length
   ``L = (r_max - r_min)/tau + log(1 + N E_p w) + 41.7``: with the default 1024 nodes, about
   1e-15 for ``L <= 250`` and 3e-13 at ``(r_max - r_min)/tau = 300`` (measured against
-  brute-force enumeration); give more ``nodes`` for wider ranges. As ``N -> inf`` the law
-  tends to the tilt ``p exp(r/tau)/Z`` (reward gap ``Θ(1/N)``, KL ``Θ(1/N^2)``); as
-  ``tau -> 0`` to hard best-of-N.
+  brute-force enumeration); give more ``nodes`` for wider ranges. Where this estimate exceeds
+  1e-10 (1e-5 in float32), that is for ``L > pi^2 (nodes - 1) / log(1/1e-10)`` (438 with the
+  default nodes), the call raises :class:`klrl.InputError` naming ``temperature`` rather than
+  return an inaccurate law. As ``N -> inf`` the law tends to the tilt ``p exp(r/tau)/Z`` (reward
+  gap ``Θ(1/N)``, KL ``Θ(1/N^2)``), which ``n = inf`` returns; as ``tau -> 0`` it tends to hard
+  best-of-N (:func:`log_policy`).
 
   Args:
     logp: reference log-probabilities over the last axis.
@@ -723,8 +737,16 @@ def soft_log_policy(logp: Float[Array, "... v"], reward: Float[Array, "... v"], 
   _checks.integer(where, "nodes", nodes, 16)
   logp, reward, n, temperature = _inputs(where, logp, reward, n=(n, _at_least(1.0)),
                                         temperature=(temperature, _checks.positive))
-  return jnp.vectorize(lambda lp, r, nn, t: _soft_row(lp, r, nn, t, nodes), signature="(v),(v),(),()->(v)")(
+  law, length = jnp.vectorize(lambda lp, r, nn, t: _soft_row(lp, r, nn, t, nodes), signature="(v),(v),(),()->(v),()")(
       logp, reward, n, temperature)
+  tol = _soft_tolerance(law.dtype)
+  longest = math.pi ** 2 * (nodes - 1) / math.log(1 / tol)
+  return _checks.holds(where, "temperature", law, length <= longest, (
+      f"is too small for {nodes} quadrature nodes: the integration length (r_max - r_min)/temperature "
+      f"+ log(1 + N E_p exp((r - r_max)/temperature)) + 41.7 must stay below {longest:.0f} for an error below "
+      f"{tol:g}, and nodes = 1 + length * {math.log(1 / tol) / math.pi ** 2:.2f} resolve a longer one. Pass more "
+      f"nodes, or use klrl.bon.log_policy (hard best-of-N, the limit temperature -> 0); for huge N the law is "
+      f"the tilt klrl.tilted.tilt(logp, reward, temperature) up to O(1/N)"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from jaxtyping import Array, Bool, Float
 
 from klrl import divergences, instances, tilted
 from klrl._src import checks as _checks
+from klrl._src import logspace as _logspace
 from klrl.divergences import log_normalize
 from klrl.instances import Problem
 
@@ -161,15 +162,25 @@ def suboptimality_gap(logq: Float[Array, "... y"], logp: Float[Array, "... y"], 
     logq: the policy's log-probabilities.
     logp: reference log-probabilities.
     correct: the verifier's verdicts (bool).
-    beta: KL coefficient ``> 0``.
+    beta: KL coefficient ``> 0``; at ``beta = inf`` the gap is its limit, 0 for ``q = p`` and
+      ``+inf`` otherwise.
   """
   where = "klrl.rlvr.suboptimality_gap"
   logq = _checks.floating(where, "logq", logq, 1)
   _checks.same_support(where, "logp", _checks.floating(where, "logp", logp, 1), "logq", logq)
-  logp, correct, _, _, prm = _checks.prompts(where, logp, correct, others={"logq": logq}, beta=beta)
+  logp, correct, la, lw, prm = _checks.prompts(where, logp, correct, others={"logq": logq}, beta=beta)
   beta = _beta(where, prm["beta"])
-  log_pi = tilted.tilt(logp, correct.astype(logp.dtype), beta)
-  return beta * divergences.kl(jnp.broadcast_to(logq, logp.shape).astype(logp.dtype), log_pi)
+  logq = _checks.log_probs(where, "logq", jnp.broadcast_to(logq, logp.shape).astype(logp.dtype))
+  # Chain rule over {correct, wrong}: KL(q || pi*) = kl(a_q || a*) + a_q KL(q_C || p_C) + (1 - a_q) KL(q_W || p_W),
+  # pi* and p having the same conditionals; logit a* = logit a + 1/beta. No term loses digits as beta grows.
+  la_q, lw_q = _logspace.log_masses(logq, correct)
+  within = jnp.where(correct, (logq - la_q[..., None]) - (logp - la[..., None]),
+                     (logq - lw_q[..., None]) - (logp - lw[..., None]))
+  conditional = jnp.sum(jnp.where(logq > -jnp.inf, jnp.exp(logq) * within, 0.0), axis=-1)
+  x, shift = la_q - lw_q, (la - lw - (la_q - lw_q)) + 1 / beta      # logit a_q, and logit a* - logit a_q
+  kl = _logspace.bernoulli_kl_logits(x, x + shift, shift) + conditional
+  # beta = inf: pi* = p, and beta KL(q || p) is 0 for q = p and +inf otherwise.
+  return jnp.where(beta == jnp.inf, jnp.where(kl > 0, jnp.inf, 0.0), beta * kl)
 
 
 def _lam(beta, t):
@@ -206,14 +217,15 @@ def natural_gradient_flow(logp: Float[Array, "... y"], correct: Bool[Array, "...
   beta = _beta(where, prm["beta"])[..., None]
   t = _checks.nonnegative(where, "t", prm["t"])[..., None]
   c = correct.astype(logp.dtype)
+  # Exponents centred on the correct responses (c - 1 <= 0), so that large tilts keep every digit.
   if logq0 is None:
-    return log_normalize(logp + _lam(beta, t) * c)
+    return log_normalize(logp + _lam(beta, t) * (c - 1))
   logq0 = jnp.broadcast_to(_checks.log_probs(where, "logq0", logq0), logp.shape).astype(logp.dtype)
   support = logp > -jnp.inf
   logq0 = _checks.holds(where, "logq0", logq0, support | (logq0 == -jnp.inf),
                         "puts mass where 'logp' has none (the flow needs q0 << p)")
   w = jnp.exp(-beta * t)
-  log_pi = log_normalize(logp + c / beta)
+  log_pi = log_normalize(logp + (c - 1) / beta)
   mix = jnp.where(w > 0, w * logq0, 0.0) + jnp.where(w < 1, (1 - w) * log_pi, 0.0)
   return log_normalize(jnp.where(support, mix, -jnp.inf))
 

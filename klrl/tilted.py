@@ -420,7 +420,10 @@ def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], d
 
   Args:
     logp: reference log-probabilities (``-inf`` for zero mass), shape ``(..., V)``.
-    reward: finite rewards, broadcasting with ``logp``.
+    reward: finite rewards, broadcasting with ``logp``. The solution is invariant under
+      ``r -> c r``; it is computed for ``|r| <= 1.3e152`` with each row's spread 0 or
+      ``>= 1.5e-152`` (float32: ``1.8e17`` and ``1.1e-17``), and rewards outside raise
+      :class:`klrl.InputError` (rescale them).
     delta: KL budget ``>= 0``, a scalar or one per row.
 
   Returns:
@@ -443,6 +446,7 @@ def _kl_constrained(where, logp, reward, delta) -> Constrained:
     return (lam, jnp.broadcast_to(it, delta.shape), mean, kl, mean_gap, converged, prep), total, probe
 
   lam, it, mean, kl, mean_gap, converged, prep = _rows.checked(where, rows, ("logp",), ("reward",), logp, reward, delta)
+  lam, mean, kl, mean_gap = _checks.reward_range(where, (lam, mean, kl, mean_gap), prep.r_min, prep.r_max)
   return _constrained(logp, reward, delta, prep, lam, jnp.max(it, initial=0), mean, kl, mean_gap, converged)
 
 

@@ -93,9 +93,9 @@ CASES = [
     Case(bon.kl_estimator, "eps", (f64(0.0), f64(0.2), f64(0.7)), lambda d, v: bon.kl_estimator(v, d["n"]),
          {"n": np.array([2.0, 7.0])}),
     Case(bon.kl_estimator, "n", N, lambda d, v: bon.kl_estimator(d["eps"], v), {"eps": np.array([0.1, 0.4])}),
-    Case(bon.soft_log_policy, "n", N, lambda d, v: bon.soft_log_policy(d["logp"], d["reward"], v, f64(0.7), nodes=64), ROWS),
+    Case(bon.soft_log_policy, "n", N, lambda d, v: bon.soft_log_policy(d["logp"], d["reward"], v, f64(0.7), nodes=192), ROWS),
     Case(bon.soft_log_policy, "temperature", (f64(0.3), f64(0.7), f64(2.0)),
-         lambda d, v: bon.soft_log_policy(d["logp"], d["reward"], f64(3.0), v, nodes=64), ROWS),
+         lambda d, v: bon.soft_log_policy(d["logp"], d["reward"], f64(3.0), v, nodes=192), ROWS),
     Case(bon.against_frontier, "n", N, lambda d, v: bon.against_frontier(d["logp"], d["reward"], v), ROWS),
     Case(bon.bonbon, "c", (f64(-2.0), f64(0.1), f64(3.0)), lambda d, v: bon.bonbon(v), {}),
     # klrl.divergences
@@ -220,6 +220,20 @@ def test_a_parameter_that_does_not_broadcast_is_named(case):
   with pytest.raises(klrl.InputError, match=rf"\.{case.fn.__name__}: argument '.*broadcast") as info:
     case.call(case.data, np.array(case.values))
   assert f"'{case.param}'" in str(info.value)
+
+
+SUPPORT_CASES = [(c, k) for c in WITH_ROWS for k, v in c.data.items()
+                 if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[-1] == V
+                 and c.fn is not bon.level_law]        # its rows are reward levels built from the data
+
+
+@pytest.mark.parametrize("case,key", SUPPORT_CASES, ids=[f"{c.id}:{k}" for c, k in SUPPORT_CASES])
+def test_arrays_over_supports_of_different_lengths_are_named(case, key):
+  data = dict(case.data)
+  data[key] = np.asarray(data[key])[..., :-1]
+  with pytest.raises(klrl.InputError, match=rf"\.{case.fn.__name__}: argument '") as info:
+    case.call(data, case.values[0])
+  assert f"'{key}'" in str(info.value)
 
 
 def _per_row_parameters():

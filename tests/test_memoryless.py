@@ -541,7 +541,7 @@ def test_load_problem_reads_users_files_and_refuses_bad_ones(tmp_path):
   np.testing.assert_allclose(np.exp(lat.log_mass), [[0.5, 0.3, 0.0, 0.2], [0.1, 0.9, 0.0, 0.0]], rtol=1e-14)
   np.testing.assert_array_equal(lat.span, [4.0, 3.0])
   # Bad files: missing array, shape, not normalised, unreadable, non-lattice rewards.
-  with pytest.raises(InputError, match=r"klrl.data.reward: '.*bad1.npz' has no array 'reward' \(it has: logp\)"):
+  with pytest.raises(InputError, match=r"klrl.memoryless.load_problem: '.*bad1.npz' has no array 'reward' \(it has: logp\)"):
     M.load_problem(data.save(tmp_path / "bad1.npz", {"logp": logp}))
   with pytest.raises(InputError, match=r"has shape \(2, 2\), expected \(2, 3\)"):
     M.load_problem(data.save(tmp_path / "bad2.npz", {"logp": logp, "reward": reward[:, :2]}))

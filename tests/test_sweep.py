@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from klrl import bon, cli, problems, tilted
-from klrl.sweep import EXPERIMENTS, Param, SweepError, config, engine, grid, merge
+from klrl.sweep import EXPERIMENTS, Param, SweepError, config, engine, grid, merge, store
 from klrl.sweep.experiments import Experiment
 from klrl.sweep.progress import Progress
 
@@ -447,3 +448,146 @@ def test_distributed_settings_precedence(monkeypatch):
   assert engine.distributed_settings(table) == dict(coordinator_address="a:1", num_processes=8, process_id=3)
   assert engine.distributed_settings(table, process_id=5, coordinator_address=None)["process_id"] == 5
   assert engine.distributed_settings(None) == dict(num_processes=8, process_id=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged or mixed results directories: refused naming the file, or recomputed where safe.
+
+def _damage(path: Path, how: str) -> None:
+  """Damages a chunk file in one of the ways a disk, a copy or a hand edit can."""
+  lines = path.read_text().splitlines(keepends=True)
+  if how == "empty":
+    path.write_bytes(b"")
+  elif how == "binary":
+    path.write_bytes(np.random.default_rng(0).bytes(400))
+  elif how == "truncated":                     # cut in the middle of a row
+    text = "".join(lines)
+    path.write_text(text[: len(text) - len(lines[-1]) // 2 - 1])
+  elif how == "row_cut":                       # a row with 5 of its columns
+    lines[2] = ",".join(lines[2].split(",")[:5]) + "\n"
+    path.write_text("".join(lines))
+  elif how == "missing_row":
+    path.write_text("".join(lines[:-1]))
+  elif how == "extra_row":
+    path.write_text("".join(lines + [lines[-1]]))
+  elif how == "point_not_integer":
+    lines[2] = "1.5" + lines[2][lines[2].index(","):]
+    path.write_text("".join(lines))
+  elif how == "point_negative":
+    lines[2] = "-3" + lines[2][lines[2].index(","):]
+    path.write_text("".join(lines))
+  elif how == "point_swapped":                 # the parameters no longer match the point index
+    first, second = lines[2].split(",", 1), lines[3].split(",", 1)
+    lines[2], lines[3] = first[0] + "," + second[1], second[0] + "," + first[1]
+    path.write_text("".join(lines))
+  elif how == "parameter_changed":
+    cells = lines[2].split(",")
+    cells[2] = repr(float(cells[2]) * 1.5)
+    lines[2] = ",".join(cells)
+    path.write_text("".join(lines))
+  elif how == "output_text":
+    cells = lines[2].rstrip("\n").split(",")
+    cells[-1] = "oops"
+    lines[2] = ",".join(cells) + "\n"
+    path.write_text("".join(lines))
+  elif how == "no_tag":                        # the rows without their first line
+    path.write_text("".join(lines[1:]))
+  elif how == "other_digest":
+    lines[0] = lines[0].replace(lines[0].split(" of ")[1][:16], "0123456789abcdef")
+    path.write_text("".join(lines))
+  else:
+    raise ValueError(how)
+
+
+DAMAGES = ["empty", "binary", "truncated", "row_cut", "missing_row", "extra_row", "point_not_integer", "point_negative",
+           "point_swapped", "parameter_changed", "output_text", "no_tag"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_chunk_is_refused_by_merge_and_recomputed_on_resume(stats_run, tmp_path, how, capsys):
+  cfg, summary = stats_run
+  out = tmp_path / "out"
+  shutil.copytree(summary.out, out)
+  (out / "results.csv").unlink()
+  chunk = out / "chunks" / "c000002.csv"
+  _damage(chunk, how)
+  with pytest.raises(SweepError, match=rf"chunk file {re.escape(str(chunk))} "):
+    merge([out])
+  assert not (out / "results.csv").exists()
+  # a resumed sweep recomputes that chunk (and only it), naming it, and the merge is whole again
+  again = engine.sweep(cfg, out, quiet=True)
+  assert f"chunk file {chunk}" in capsys.readouterr().err
+  assert (again.computed_chunks, again.skipped_chunks) == (1, 5)
+  assert (out / "results.csv").read_bytes() == (summary.out / "results.csv").read_bytes()
+
+
+def test_chunks_of_another_configuration_are_refused_with_or_without_sweep_json(stats_run, tmp_path, capsys):
+  cfg, summary = stats_run
+  other = tmp_path / "other.toml"
+  other.write_text(STATS.replace("vocab = 48", "vocab = 40"))
+  for what in ("deleted", "replaced", "truncated"):
+    out = tmp_path / what
+    shutil.copytree(summary.out, out)
+    if what == "deleted":
+      (out / "sweep.json").unlink()
+    elif what == "replaced":          # by the sweep.json of the other configuration
+      ocfg = config.load(other)
+      fresh = tmp_path / "fresh"
+      store.prepare(fresh, ocfg, ocfg.size, len(grid.plan(ocfg, grid.expand(ocfg))))
+      shutil.copy(fresh / "sweep.json", out / "sweep.json")
+    else:
+      text = (out / "sweep.json").read_text()
+      (out / "sweep.json").write_text(text[: len(text) // 2])
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert cli.main(["sweep", str(other), "--out", str(out), "--quiet"]) == 2, what
+    err = capsys.readouterr().err
+    if what == "truncated":
+      assert f"{out / 'sweep.json'} is damaged" in err
+    else:
+      assert "holds chunks of another configuration" in err and "Refusing to mix" in err, (what, err)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot     # nothing touched
+    if what != "deleted":
+      with pytest.raises(SweepError, match=r"sweep.json|another configuration|computed under configuration"):
+        merge([out])
+  # the same configuration adopts its own chunks again once sweep.json is gone
+  out = tmp_path / "deleted"
+  again = engine.sweep(cfg, out, quiet=True)
+  assert (again.computed_chunks, again.skipped_chunks) == (0, 6)
+  assert (out / "results.csv").read_bytes() == (summary.out / "results.csv").read_bytes()
+
+
+def test_a_chunk_of_another_digest_is_refused_by_merge_and_resume(stats_run, tmp_path, capsys):
+  cfg, summary = stats_run
+  out = tmp_path / "out"
+  shutil.copytree(summary.out, out)
+  _damage(out / "chunks" / "c000004.csv", "other_digest")
+  with pytest.raises(SweepError, match=r"c000004.csv was computed under configuration 0123456789abcdef"):
+    merge([out])
+  with pytest.raises(SweepError, match=r"holds chunks of another configuration \(digest 0123456789abcdef: 1 files, first c000004.csv"):
+    engine.sweep(cfg, out, quiet=True)
+
+
+def test_damaged_logs_and_manifests(stats_run, tmp_path):
+  cfg, summary = stats_run
+  out = tmp_path / "out"
+  shutil.copytree(summary.out, out)
+  with open(out / "log-p0.jsonl", "a") as f:
+    f.write('{"chunk": "x"}\n[1, 2]\n{"chunk": 3, "run": 1, "poi')       # foreign and torn lines are skipped
+  assert merge([out]).rows == 21
+  (out / "manifest-p0.json").write_text("{not json")
+  with pytest.raises(SweepError, match=r"manifest-p0.json is damaged.*delete it"):
+    merge([out])
+
+
+def test_plot_refuses_a_damaged_table_naming_it(stats_run, tmp_path):
+  from klrl.sweep.plot import plot
+  _, summary = stats_run
+  out = tmp_path / "out"
+  shutil.copytree(summary.out, out)
+  lines = (out / "results.csv").read_text().splitlines(keepends=True)
+  (out / "results.csv").write_text("".join(lines[:5]) + ",".join(lines[5].split(",")[:3]) + "\n")
+  with pytest.raises(SweepError, match=r"results.csv line 6 has 3 of \d+ columns"):
+    plot(out, "beta", "kl")
+  (out / "results.csv").write_bytes(np.random.default_rng(1).bytes(500))
+  with pytest.raises(SweepError, match=r"results.csv is not a readable CSV table"):
+    plot(out, "beta", "kl")

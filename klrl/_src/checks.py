@@ -539,6 +539,26 @@ def increasing(where: str, name: str, x: jax.Array, mask: jax.Array) -> jax.Arra
               f"{where}: argument '{name}' must be strictly increasing along the last axis (over the entries of positive mass)")
 
 
+def reward_range(where: str, x, r_min: jax.Array, r_max: jax.Array):
+  """Ties ``x`` to "the rewards of each row lie in the range where the solvers are accurate".
+
+  The solutions of a tilt are invariant under ``r -> c r`` (the multiplier scales by ``1/c``),
+  but the solvers form squares of the reward spread: each ``|r|`` on the support must be at most
+  ``sqrt(max) / 100`` of the dtype (1.3e152 in float64, 1.8e17 in float32) and each row's spread
+  ``r_max - r_min`` 0 or at least ``100 sqrt(tiny)`` (1.5e-152, 1.1e-17). ``r_min``/``r_max``
+  are the per-row extremes over the support. (XLA on the CPU flushes subnormal numbers to zero,
+  so rewards that small are equal to it.)
+  """
+  info = jnp.finfo(r_max.dtype)
+  hi, lo = float(np.sqrt(info.max)) * 1e-2, float(np.sqrt(info.tiny)) * 1e2
+  spread = r_max - r_min
+  ok = (jnp.maximum(jnp.abs(r_max), jnp.abs(r_min)) <= hi) & ((spread == 0) | (spread >= lo))
+  return _tie(x, ~jnp.all(ok), (
+      f"{where}: argument 'reward' is outside the range resolved in {info.dtype}: every reward on the "
+      f"support must satisfy |r| <= {hi:.2g} and each row's spread r_max - r_min be 0 or >= {lo:.2g}. The "
+      f"solution is invariant under r -> c r (lam and 1/beta scale by 1/c): rescale the rewards"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Masks.
 

@@ -40,38 +40,96 @@ _SUFFIXES = (".npy", ".npz", ".safetensors")
 
 def _safetensors():
   try:
-    import safetensors.numpy as st
+    import safetensors
   except ImportError:
     raise InputError("klrl.data: reading .safetensors files needs the 'safetensors' package "
                      "(pip install 'klrl[data]')") from None
-  return st
+  return safetensors
+
+
+_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
+
+
+def _check_file(path: Path) -> None:
+  """Raises unless ``path`` is a readable file whose first bytes fit its suffix."""
+  if path.suffix not in _SUFFIXES:
+    raise InputError(f"klrl.data: file '{path}' has suffix '{path.suffix}'; klrl reads {', '.join(_SUFFIXES)}")
+  if not path.is_file():
+    raise InputError(f"klrl.data: file '{path}' does not exist")
+  with open(path, "rb") as f:
+    head = f.read(8)
+  kinds = {".npy": "a .npy array", ".npz": "a .npz archive (zip)"}
+  if path.suffix in _MAGIC and not head.startswith(_MAGIC[path.suffix]):
+    other = [kinds[s] for s, m in _MAGIC.items() if head.startswith(m)]
+    seen = f"it holds {other[0]}: rename it" if other else "it is not in that format (empty, truncated or another kind of file)"
+    raise InputError(f"klrl.data: could not read '{path}' as {path.suffix}: {seen}")
+
+
+def _native(x: np.ndarray) -> np.ndarray:
+  """``x`` in the machine's byte order (files may store big-endian arrays)."""
+  return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+
+
+class _File(Mapping):
+  """The arrays of one file, each read (and decompressed) only when asked for, at most once."""
+
+  def __init__(self, path: str | Path):
+    self.path = Path(path)
+    _check_file(self.path)
+    self._cache: dict[str, np.ndarray] = {}
+    self._keys = self._attempt(self._list)
+
+  def _attempt(self, fn, *args):
+    try:
+      return fn(*args)
+    except InputError:
+      raise
+    except Exception as e:  # a corrupt or foreign file: say which, keep the reader's reason
+      raise InputError(f"klrl.data: could not read '{self.path}' as {self.path.suffix}: {e}") from None
+
+  def _list(self) -> list[str]:
+    if self.path.suffix == ".npy":
+      return [self.path.stem]
+    if self.path.suffix == ".npz":
+      with np.load(self.path, allow_pickle=False) as f:
+        return list(f.files)
+    with _safetensors().safe_open(str(self.path), framework="numpy") as f:
+      return list(f.keys())
+
+  def _load(self, key: str) -> np.ndarray:
+    if self.path.suffix == ".npy":
+      return np.load(self.path, allow_pickle=False)
+    if self.path.suffix == ".npz":
+      with np.load(self.path, allow_pickle=False) as f:
+        return f[key]
+    with _safetensors().safe_open(str(self.path), framework="numpy") as f:
+      return f.get_tensor(key)
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key not in self._keys:
+      raise KeyError(key)
+    if key not in self._cache:
+      self._cache[key] = _native(np.asarray(self._attempt(self._load, key)))
+    return self._cache[key]
+
+  def __iter__(self):
+    return iter(self._keys)
+
+  def __len__(self) -> int:
+    return len(self._keys)
 
 
 def read(path: str | Path) -> dict[str, np.ndarray]:
   """Reads every array of a ``.npy``, ``.npz`` or ``.safetensors`` file.
 
   Args:
-    path: the file; its suffix chooses the format.
+    path: the file; its suffix chooses the format, and its first bytes must fit the suffix.
 
   Returns:
-    A dict from names to NumPy arrays; a ``.npy`` file gives one entry named after the file stem.
+    A dict from names to NumPy arrays in the machine's byte order; a ``.npy`` file gives one
+    entry named after the file stem.
   """
-  path = Path(path)
-  if path.suffix not in _SUFFIXES:
-    raise InputError(f"klrl.data: file '{path}' has suffix '{path.suffix}'; klrl reads {', '.join(_SUFFIXES)}")
-  if not path.is_file():
-    raise InputError(f"klrl.data: file '{path}' does not exist")
-  try:
-    if path.suffix == ".npy":
-      return {path.stem: np.load(path, allow_pickle=False)}
-    if path.suffix == ".npz":
-      with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-    return dict(_safetensors().load_file(str(path)))
-  except InputError:
-    raise
-  except Exception as e:  # a corrupt or foreign file: say which, keep the reader's reason
-    raise InputError(f"klrl.data: could not read '{path}' as {path.suffix}: {e}") from None
+  return dict(_File(path))
 
 
 def save(path: str | Path, arrays: Mapping[str, np.ndarray | Array]) -> Path:
@@ -85,24 +143,28 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray | Array]) -> Path:
   elif path.suffix == ".npz":
     np.savez(path, **arrays)
   elif path.suffix == ".safetensors":
-    _safetensors().save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+    _safetensors()
+    import safetensors.numpy
+    safetensors.numpy.save_file({k: np.ascontiguousarray(_native(v)) for k, v in arrays.items()}, str(path))
   else:
     raise InputError(f"klrl.data.save: file '{path}' has suffix '{path.suffix}'; klrl writes {', '.join(_SUFFIXES)}")
   return path
 
 
 def _get(where: str, source: Source, key: str) -> tuple[np.ndarray, str]:
-  """The array ``key`` of a file or dict, and a phrase naming it for messages."""
-  if isinstance(source, Mapping):
+  """The array ``key`` of a file or dict (reading only that array of a file), and a phrase
+  naming it for messages."""
+  if isinstance(source, _File):
+    arrays, name = source, f"'{source.path}'"
+  elif isinstance(source, Mapping):
     arrays, name = source, "the arrays given"
   else:
-    path = Path(source)
-    arrays, name = read(path), f"'{path}'"
-    if path.suffix == ".npy":
-      return next(iter(arrays.values())), f"the array in {name}"
+    arrays, name = _File(source), f"'{Path(source)}'"
+  if isinstance(arrays, _File) and arrays.path.suffix == ".npy":
+    return next(iter(arrays.values())), f"the array in {name}"
   if key not in arrays:
     raise InputError(f"{where}: {name} has no array '{key}' (it has: {', '.join(sorted(arrays)) or 'none'})")
-  return np.asarray(arrays[key]), f"array '{key}' of {name}"
+  return _native(np.asarray(arrays[key])), f"array '{key}' of {name}"
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
@@ -118,6 +180,7 @@ def _row_of(bad: np.ndarray) -> str:
 
 
 def _floating(where: str, what: str, x: np.ndarray, ndim: int | None) -> np.ndarray:
+  """Checked floating array; half precision (and other floats under 32 bits) comes back as float32."""
   if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.floating):
     raise InputError(f"{where}: {what} must be a floating array, got dtype {x.dtype}")
   if x.ndim < 1 or x.shape[-1] == 0:
@@ -126,12 +189,15 @@ def _floating(where: str, what: str, x: np.ndarray, ndim: int | None) -> np.ndar
     raise InputError(f"{where}: {what} must have {ndim} axes (prompts x support), got shape {x.shape}")
   if np.isnan(x).any():
     raise InputError(f"{where}: {what} contains NaN at {_row_of(np.isnan(x))}")
-  return x
+  return x.astype(np.float32) if x.dtype.itemsize < 4 else x
 
 
 def log_probs(source: Source, key: str = "logp", *, probabilities: bool = False, normalise: bool = False,
               ndim: int | None = None) -> Float[Array, "... v"]:
   """Reference log-probabilities, one row per prompt, checked to normalise over the last axis.
+
+  Arrays stored in half precision (float16) are read as float32: their rows must normalise to
+  the stored precision (``8 eps``, 7.8e-3 for float16) and are then normalised exactly.
 
   Args:
     source: a file path or a dict of arrays (from :func:`read`).
@@ -148,8 +214,12 @@ def log_probs(source: Source, key: str = "logp", *, probabilities: bool = False,
     InputError: missing key, wrong dtype or shape, NaN, ``+inf``, negative probabilities, or
       rows that do not normalise (the worst row is named).
   """
-  where = "klrl.data.log_probs"
+  return _log_probs("klrl.data.log_probs", source, key, probabilities, normalise, ndim)
+
+
+def _log_probs(where, source, key, probabilities=False, normalise=False, ndim=None):
   x, what = _get(where, source, key)
+  stored = x.dtype
   x = _floating(where, what, x, ndim)
   if probabilities:
     if (x < 0).any() or np.isinf(x).any():
@@ -165,13 +235,16 @@ def log_probs(source: Source, key: str = "logp", *, probabilities: bool = False,
       raise InputError(f"{where}: {what} has a row with no mass at all (every entry -inf)")
     x = (x - lse[..., None]).astype(x.dtype)
   else:
-    tol = 1e-4 if x.dtype.itemsize <= 4 else 1e-6
+    half = stored.itemsize < 4 and np.issubdtype(stored, np.floating)
+    tol = 8 * float(np.finfo(stored).eps) if half else 1e-4 if x.dtype.itemsize <= 4 else 1e-6
     err = np.abs(lse)
     if not (err <= tol).all():
       i = np.unravel_index(np.argmax(np.where(np.isnan(err), np.inf, err)), err.shape)
       raise InputError(f"{where}: {what} is not normalised: row {tuple(int(j) for j in i)} has logsumexp "
                        f"{lse[i]:.3g} (must be 0 within {tol:g}; pass normalise=True for logits, "
                        f"probabilities=True for probabilities)")
+    if half:
+      x = (x - lse[..., None]).astype(x.dtype)
   return jnp.asarray(x)
 
 
@@ -187,7 +260,10 @@ def mask(source: Source, key: str = "correct", *, shape: tuple[int, ...] | None 
     InputError: missing key, a dtype other than bool (0/1 integers or floats are refused, so
       that a probability array is never taken for a mask), or a wrong shape.
   """
-  where = "klrl.data.mask"
+  return _mask("klrl.data.mask", source, key, shape)
+
+
+def _mask(where, source, key, shape=None):
   x, what = _get(where, source, key)
   if x.dtype != np.bool_:
     raise InputError(f"{where}: {what} must be a boolean mask (dtype bool), got dtype {x.dtype}; "
@@ -202,7 +278,10 @@ def reward(source: Source, key: str = "reward", *, shape: tuple[int, ...] | None
   Raises:
     InputError: missing key, non-floating dtype, NaN or infinite values, or a wrong shape.
   """
-  where = "klrl.data.reward"
+  return _reward("klrl.data.reward", source, key, shape)
+
+
+def _reward(where, source, key, shape=None):
   x, what = _get(where, source, key)
   x = _floating(where, what, x, None)
   if np.isinf(x).any():
@@ -240,9 +319,9 @@ def load_rlvr_problem(where: str, path: str | Path, *, logp_key: str = "logp", c
     InputError: everything :mod:`klrl.data` checks, plus a prompt with no correct response of
       positive reference probability (the prompt is named).
   """
-  arrays = read(path)
-  logp = log_probs(arrays, logp_key, probabilities=probabilities, ndim=2)
-  correct = mask(arrays, correct_key, shape=logp.shape)
+  arrays = _File(path)
+  logp = _log_probs(where, arrays, logp_key, probabilities, ndim=2)
+  correct = _mask(where, arrays, correct_key, shape=logp.shape)
   none = ~np.any(np.asarray(correct) & (np.asarray(logp) > -np.inf), axis=-1)
   if none.any():
     raise InputError(f"{where}: array '{correct_key}' of '{path}' marks no response of "
@@ -280,9 +359,11 @@ def load_unigram(where: str, path, *, reward_path=None, logp_key: str = "logp", 
   Raises:
     InputError: a bad file or array, or rewards off the lattice (the first one is named).
   """
-  logp = log_probs(path, logp_key, probabilities=probabilities)
-  source = path if reward_path is None else reward_path
-  rew = reward(source, reward_key, shape=logp.shape)
+  arrays = _File(path)
+  logp = _log_probs(where, arrays, logp_key, probabilities)
+  source = arrays if reward_path is None else _File(reward_path)
+  rew = _reward(where, source, reward_key, shape=logp.shape)
+  source = source.path
   name = f"the array in '{source}'" if Path(source).suffix == ".npy" else f"array '{reward_key}' of '{source}'"
   k = _checks.lattice_integers(where, rew, scale, rounding, name)
   if rounding:

@@ -170,16 +170,27 @@ def tilted_law(log_mass, n, tilts: Grid, sup: Support, base, buf: int, window: i
 def static_window(where, log_mass, n, size):
   """Static FFT size per tilt (``~9 (L-1) sqrt(n)``): from the data when concrete, else from ``size``."""
   length = int(np.shape(log_mass)[-1])
-  if _args.concrete(n) and _args.concrete(log_mass):
-    n_arr = np.asarray(n, dtype=np.float64)
-    if n_arr.size == 0 or not np.all(np.isfinite(n_arr)) or n_arr.min() < 1 or np.any(n_arr != np.round(n_arr)):
-      raise _checks.InputError(f"{where}: argument 'n' must be an integer >= 1, got {n!r}")
-    has = np.asarray(log_mass) > -np.inf
-    j = np.arange(length)
-    spread = np.maximum(np.where(has, j, 0).max(axis=-1) - np.where(has, j, length).min(axis=-1), 0)
+  if _args.concrete(n):
+    n_arr = integers(where, n)
+    if _args.concrete(log_mass):     # the support's own spread, else the lattice's length
+      has = np.asarray(log_mass) > -np.inf
+      j = np.arange(length)
+      spread = np.maximum(np.where(has, j, 0).max(axis=-1) - np.where(has, j, length).min(axis=-1), 0)
+    else:
+      spread = np.array(length - 1)
     spread, n_arr = np.broadcast_arrays(spread, n_arr)
     total = int((n_arr * spread).max()) + 1
     return min(fft_size(int(math.ceil(9 * (spread * np.sqrt(n_arr)).max())) + 16), fft_size(total))
   if size is None:
-    raise _checks.InputError(f"{where}: argument 'n' or 'lat' is traced; pass a static size >= max(n) (L-1) + 1")
+    raise _checks.InputError(f"{where}: argument 'n' is traced, so the buffer size cannot be derived from it: pass "
+                             f"n as a Python int or NumPy array (static), or call klrl.memoryless.bon_vs_kl_lattice with a static "
+                             f"size >= max(n) (L-1) + 1")
   return tilt_window(length, max((size - 1) // max(length - 1, 1), 1), size)
+
+
+def integers(where, n) -> np.ndarray:
+  """Concrete sequence lengths ``n`` as a float64 NumPy array, checked to be integers ``>= 1``."""
+  n_arr = np.asarray(n, dtype=np.float64)
+  if n_arr.size == 0 or not np.all(np.isfinite(n_arr)) or n_arr.min() < 1 or np.any(n_arr != np.round(n_arr)):
+    raise _checks.InputError(f"{where}: argument 'n' must be an integer >= 1, got {n!r}")
+  return n_arr

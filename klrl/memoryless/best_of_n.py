@@ -214,6 +214,8 @@ def bon_vs_kl_lattice(lat: Lattice, delta: Float[Array, "..."], n, *, size: int 
     size = _args.count(where, "size", size, 1)
   window = _fft.static_window(where, lat.log_mass, n, size)
   length = int(np.shape(lat.log_mass)[-1])
+  if size is None and _args.concrete(n) and not (_args.concrete(lat.log_mass) and _args.concrete(delta)):
+    size = _fft.fft_size(int(_fft.integers(where, n).max()) * (length - 1) + 1)   # the plan is traced
   if size is not None and _args.concrete(n) and np.max(np.asarray(n)) * (length - 1) + 1 > size:   # else checked in the jit
     raise _checks.InputError(f"{where}: argument 'n' is too large for argument 'size' = {size} (n (L-1) + 1 <= size, "
                              f"L = {length} lattice points)")
@@ -242,8 +244,10 @@ def bon_vs_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta:
 
   The sequence law is computed only where it matters: accurately (relative) where best-of-N has
   mass, and to absolute accuracy in the bulk (for the win rate). Rewards must lie on a lattice
-  (``reward * scale`` integers; see :func:`klrl.memoryless.lattice`); ``reward`` and ``n`` must be concrete
-  (use :func:`bon_vs_kl_lattice` under ``jit``). Differentiable in ``delta`` and ``logp``.
+  (``reward * scale`` integers; see :func:`klrl.memoryless.lattice`). It composes with ``jit``,
+  ``vmap`` and ``grad`` over ``logp`` and ``delta``; ``reward`` and ``n`` set the lattice and the
+  buffer sizes, so they must be concrete (NumPy values or Python numbers; with a traced ``n``,
+  use :func:`bon_vs_kl_lattice` with a static ``size``). Differentiable in ``delta`` and ``logp``.
 
   Args:
     logp: reference log-probabilities over the last axis.
@@ -258,7 +262,10 @@ def bon_vs_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta:
     :class:`BonVsKL`: per-token ``mean_reward``, ``kl``, ``kl_to_tilted``, the ``win_rate``, the
     targets ``target_reward = x_delta`` and ``lam = lam_delta``, and ``predicted_gap``.
   """
-  _checks.batch_shape("klrl.memoryless.bon_vs_kl", {"logp": logp, "reward": reward}, {"delta": delta, "n": n})
+  where = "klrl.memoryless.bon_vs_kl"
+  _checks.same_support(where, "logp", _checks.floating(where, "logp", logp, 1), "reward",
+                       _checks.floating(where, "reward", reward, 1))
+  _checks.batch_shape(where, {"logp": logp, "reward": reward}, {"delta": delta, "n": n})
   lat = lattice(logp, reward, scale, rounding=rounding)
   return bon_vs_kl_lattice(lat, delta, n, tilts=tilts)
 

@@ -162,6 +162,7 @@ def _rate(where, logp, reward, x) -> _Rate:
   value = jnp.where(interior, value,
                     jnp.where(x == r_max, end(r_max), jnp.where(x == r_min, end(r_min), jnp.inf)))
   slope = jnp.where(interior, sign * s, jnp.where(x >= r_max, jnp.inf, -jnp.inf))
+  value, slope = _checks.reward_range(where, (value, slope), r_min, r_max)
   value, slope = _checks.holds(where, "x", (value, slope), converged | ~interior,
                                "gives a rate-function root that did not converge in 200 steps (please report this input)")
   return _Rate(value, slope, interior)
@@ -195,6 +196,7 @@ def rate_function(logp: Float[Array, "... v"], reward: Float[Array, "... v"], x:
 def _solution(where, logp, reward, delta):
   """``logp``, ``reward`` and ``delta`` checked and broadcast, and the KL-RL solution at ``delta``."""
   logp, reward, delta = _args.inputs(where, logp, reward, delta=(delta, _checks.nonnegative))
+  logp, reward = _checks.reward_range(where, (logp, reward), *_support_range(logp, reward))
   return logp, reward, delta, tilted.kl_constrained(logp, reward, delta)
 
 

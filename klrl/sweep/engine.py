@@ -26,6 +26,7 @@ import math
 import os
 import re
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
@@ -147,14 +148,6 @@ def inputs(cfg: Config, grid: Grid, chunk: Chunk, batch: int) -> dict[str, np.nd
   return out
 
 
-def _text(values: np.ndarray) -> list[str]:
-  """Values as CSV text: shortest round-trip decimals, ``True``/``False`` for flags."""
-  values = np.asarray(values)
-  if values.dtype == np.bool_:
-    return np.where(values, "True", "False").tolist()
-  return values.astype(str).tolist()
-
-
 def _batches(chunks: list[Chunk], cfg: Config, ndev: int) -> dict[tuple, int]:
   """Per group, the chunk length rounded up to a multiple of the device count."""
   out: dict[tuple, int] = {}
@@ -195,7 +188,7 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
   store.prepare(out, cfg, grid.size, len(chunks))
   proc, nproc = jax.process_index(), jax.process_count()
   devices = tuple(jax.local_devices())
-  done = store.completed(out)
+  done = _checked_chunks(out, cfg, grid, chunks, proc, nproc, stream)
   todo = [c for c in chunks if c.id % nproc == proc and c.id not in done]
   batches = _batches(chunks, cfg, len(devices))
 
@@ -213,8 +206,7 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
 
   label = "sweep" if nproc == 1 else f"sweep p{proc}/{nproc}"
   progress = Progress(sum(len(c.points) for c in todo), len(todo), label=label, quiet=quiet, stream=stream)
-  header = ["point", *cfg.axes, *cfg.fixed, *exp.outputs]
-  fixed_text = {k: _text(np.asarray([v]))[0] for k, v in cfg.fixed.items()}
+  header, digest = store.header(cfg), cfg.digest()
   seen: set[tuple] = set()
   t_start = t_prev = time.perf_counter()
   compiling = compiling_prev = 0.0   # compilation time (all of it spent dispatching, in this thread)
@@ -229,9 +221,8 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
     except _FAILURES as e:
       raise ChunkFailed.of(chunk, e) from None
     t_ready = time.perf_counter()
-    columns = [_text(chunk.points)] + [_text(grid.columns[a][chunk.points]) for a in cfg.axes]
-    columns += [[fixed_text[k]] * n for k in cfg.fixed] + [_text(host[k]) for k in exp.outputs]
-    store.write_chunk(out, chunk.id, header, columns)
+    columns = store.parameter_columns(cfg, grid, chunk) + [store.text(host[k]) for k in exp.outputs]
+    store.write_chunk(out, chunk.id, digest, header, columns)
     t_end = time.perf_counter()
     # Wall time since the previous chunk finished, less any compilation in that window.
     store.append_log(out, proc, dict(chunk=chunk.id, run=record["run"], process=proc, points=n,
@@ -274,6 +265,30 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
   store.write_manifest(out, proc, manifest)
   return Summary(out, proc, nproc, grid.size, len(chunks), progress.done_points, progress.done_chunks,
                  len(done), seconds)
+
+
+def _checked_chunks(out: Path, cfg: Config, grid, chunks: list[Chunk], proc: int, nproc: int, stream) -> set[int]:
+  """The chunks already done: this process's chunk files that pass :func:`store.check_chunk`.
+
+  A damaged file (cut short, altered, unreadable) is recomputed, with a warning naming it; a
+  file of another configuration raises (it is refused by :func:`store.prepare` first).
+  """
+  done = set()
+  for c in sorted(store.completed(out)):
+    if c >= len(chunks):
+      raise store.SweepError(f"chunk file {store.chunk_path(out, c)} has an id beyond the {len(chunks)} chunks of "
+                             "this configuration: the directory holds another configuration's results")
+    if c % nproc != proc:
+      done.add(c)        # another process's chunk: it checks its own
+      continue
+    try:
+      store.check_chunk(store.chunk_path(out, c), cfg, grid, chunks[c])
+      done.add(c)
+    except store.SweepError as e:
+      if "was computed under configuration" in str(e):
+        raise
+      print(f"klrl sweep: warning: {e}; recomputing it", file=stream or sys.stderr, flush=True)
+  return done
 
 
 def distributed_settings(table: dict | None, force: bool = False, **given) -> dict | None:

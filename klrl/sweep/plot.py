@@ -6,12 +6,11 @@ band shows their minimum and maximum.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
-from klrl.sweep.store import SweepError
+from klrl.sweep.store import SweepError, read_meta
 
 __all__ = ["read_table", "plot"]
 
@@ -26,10 +25,17 @@ def read_table(results: str | Path) -> dict[str, list[str]]:
   path = _results_path(results)
   if not path.exists():
     raise SweepError(f"{path} not found (a sweep writes results.csv once every chunk is done; see `klrl merge`)")
-  with open(path, newline="") as f:
-    rows = list(csv.reader(f))
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      rows = list(csv.reader(f))
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise SweepError(f"{path} is not a readable CSV table ({e}); `klrl merge` rewrites it from the chunks") from None
   if not rows:
-    raise SweepError(f"{path} is empty")
+    raise SweepError(f"{path} is empty; `klrl merge` rewrites it from the chunks")
+  bad = next((i for i, r in enumerate(rows) if len(r) != len(rows[0])), None)
+  if bad is not None:
+    raise SweepError(f"{path} line {bad + 1} has {len(rows[bad])} of {len(rows[0])} columns (damaged); `klrl merge` "
+                     "rewrites it from the chunks")
   return {name: [r[i] for r in rows[1:]] for i, name in enumerate(rows[0])}
 
 
@@ -82,8 +88,8 @@ def plot(results: str | Path, x: str, y: str, group: str | None = None, *, where
   labels = np.array(table[group] if group else [""] * len(xs))
   xs, ys, labels = xs[keep], ys[keep], labels[keep]
 
-  meta = _results_path(results).parent / "sweep.json"
-  axes = [k for k, _ in json.loads(meta.read_text())["config"]["axes"]] if meta.exists() else []
+  folder = _results_path(results).parent
+  axes = [k for k, _ in read_meta(folder)["config"]["axes"]] if (folder / "sweep.json").exists() else []
   others = [a for a in axes if a not in (x, group) and len(set(np.array(table[a])[keep])) > 1]
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
