@@ -21,7 +21,7 @@ N = 16.0
 
 
 def np_stats(logp, r, n):
-  """KL, mean reward and win rate of best-of-n, the level formula of SPEC §2 in NumPy."""
+  """KL, mean reward and win rate of best-of-n, the level formula (docs: theory/best-of-n) in NumPy."""
   b, v = logp.shape
   order = np.argsort(r, axis=-1, kind="stable")
   rs, ps = np.take_along_axis(r, order, -1), np.exp(np.take_along_axis(logp, order, -1))

@@ -124,7 +124,7 @@ def solve_rows(sizes, reps):
     beta = 0.3
     logk = chains.kernel(logp, reward, beta)
     k = np.exp(np.asarray(logk))
-    # closed form of SPEC §4: mu = row sums of the symmetric joint, Phi = reward potential.
+    # closed form (docs: theory/chains): mu = row sums of the symmetric joint, Phi = reward potential.
     lw = np.asarray(log_joint)
     phi = np.asarray(chains.reward_potential(reward).potential)
     v = logsumexp(lw, axis=1) + phi / beta + logsumexp(np.asarray(logp) + np.asarray(reward) / beta, axis=1)

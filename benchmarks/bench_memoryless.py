@@ -15,8 +15,9 @@ Baselines, measured in the same run:
 - ``NumPy log-space convolution`` (where feasible, ``n (L-1) <= 2000``): the exact ``n``-fold
   convolution in log space, ``O(n^2 L^2)``; it meets the same accuracy target and is the
   reference of klrl's error there.
-- best-of-N: the baseline's law (``fftconvolve``) through the level law of SPEC section 2 in
-  NumPy (``log N = n delta``, ``log1p``/``expm1`` forms), per-token reward and KL to ``p^n``.
+- best-of-N: the baseline's law (``fftconvolve``) through the best-of-N level law
+  (docs: theory/best-of-n) in NumPy (``log N = n delta``, ``log1p``/``expm1`` forms),
+  per-token reward and KL to ``p^n``.
   ``diff_reward``/``diff_kl`` compare it with klrl: where the tail is lost it is wrong.
 
 ``rel_err`` is klrl's worst ``|log p - log p_ref|`` over the points with ``p_ref >= 1e-300``.

@@ -1,4 +1,6 @@
-"""Best-of-N: exact laws with ties, bounds, estimators, sampling and soft best-of-N (SPEC §2).
+"""Best-of-N: exact laws with ties, bounds, estimators, sampling and soft best-of-N.
+
+The mathematics is on the theory page "Best-of-N" (docs: theory/best-of-n).
 
 Best-of-N draws N responses from the reference ``p`` and keeps one of maximal reward, ties
 broken at random. Group the support into reward levels ``s_1 < ... < s_K`` with masses
@@ -55,7 +57,7 @@ closed forms of :func:`bonbon`.
 
 Soft best-of-N (Verdun et al., *Soft best-of-n sampling*, 2025) picks among the N draws with
 probability ``∝ exp(r/tau)``; :func:`soft_log_policy` evaluates the exact one-dimensional
-integral of SPEC §2 by the trapezoidal rule in ``log t``.
+integral that defines it by the trapezoidal rule in ``log t``.
 """
 from __future__ import annotations
 
@@ -125,7 +127,8 @@ class AgainstFrontier(NamedTuple):
     frontier: ``R(delta)``, the best reward at that KL.
     gap: ``R(delta) - E_{pi_N}[r] >= 0``.
     lam: ``lam_delta``, the inverse temperature of the KL-RL solution (``inf`` if saturated).
-    kl_to_tilted: ``KL(pi_N || phi_delta)``; equals ``lam * gap`` (SPEC §1).
+    kl_to_tilted: ``KL(pi_N || phi_delta)``; equals ``lam * gap`` (docs: theory/best-of-n, best-of-N
+      against the frontier).
   """
   kl: Array
   mean_reward: Array
@@ -267,7 +270,7 @@ class _Parts(NamedTuple):
 
 
 def _level_parts(log_masses, n=None, log_n=None) -> _Parts:
-  """The level law of SPEC §2 on the last axis; exactly one of ``n``, ``log_n`` is given."""
+  """The best-of-N level law on the last axis; exactly one of ``n``, ``log_n`` is given."""
   log_cdf, log_below, log_tail = _cumulative(log_masses)
   if log_n is None:                                              # N log F_k, F_k from its tail near 1
     log_nn = jnp.log(n[..., None])
@@ -379,11 +382,11 @@ def levels(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Levels
 @_checks.public
 def level_law(log_masses: Float[Array, "... k"], n: Float[Array, "..."] | None = None, *,
               log_n: Float[Array, "..."] | None = None) -> Float[Array, "... k"]:
-  """Best-of-N law of the chosen reward level, ``log P_N(k) = log(F_k^N - F-_k^N)`` (SPEC §2).
+  """Best-of-N law of the chosen reward level, ``log P_N(k) = log(F_k^N - F-_k^N)`` (docs: theory/best-of-n).
 
   Works on already aggregated levels, so it applies equally to the reward levels of one
-  response (:func:`levels`) and to the levels of a sum of token rewards (SPEC §3). Evaluated
-  in log space from the upper tails, never forming ``F^N``; exact for real ``N >= 1`` up to
+  response (:func:`levels`) and to the levels of a sum of token rewards (docs: theory/memoryless).
+  Evaluated in log space from the upper tails, never forming ``F^N``; exact for real ``N >= 1`` up to
   ``N = 1e308`` (``n = inf`` gives the limit, all mass on the top level) and beyond through
   ``log_n``. Differentiable in ``log_masses`` and in ``n`` / ``log_n``.
 
@@ -410,7 +413,7 @@ def level_law(log_masses: Float[Array, "... k"], n: Float[Array, "..."] | None =
 @_checks.public
 def level_stats(log_masses: Float[Array, "... k"], level_reward: Float[Array, "... k"],
                 log_law: Float[Array, "... k"]) -> Stats:
-  """KL, mean reward, win rate and reward variance of a law on reward levels (SPEC §2).
+  """KL, mean reward, win rate and reward variance of a law on reward levels (docs: theory/best-of-n).
 
   ``KL = sum_k pi_k log(pi_k / P_k)``, ``E r = sum_k s_k pi_k`` and
   ``W = sum_k pi_k (F-_k + P_k / 2)`` (ties count one half). The law need not be a best-of-N
@@ -463,7 +466,7 @@ def _bon_stats(logp, reward, lv, parts) -> Stats:
 
 @_checks.public
 def log_policy(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: Float[Array, "..."]) -> Float[Array, "... v"]:
-  """Log-probabilities of the best-of-N policy ``pi_N(y) = p(y) P_N(k(y)) / P_k(y)`` (SPEC §2).
+  """Log-probabilities of the best-of-N policy ``pi_N(y) = p(y) P_N(k(y)) / P_k(y)`` (docs: theory/best-of-n).
 
   Ties in the reward are broken in proportion to ``p``; zero-mass outputs keep zero mass;
   a constant reward gives ``p``. ``O(V log V)`` per row (one sort).
@@ -482,7 +485,7 @@ def log_policy(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: Fl
 
 @_checks.public
 def transformed_reward(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: Float[Array, "..."]) -> Float[Array, "... v"]:
-  """BoN as a tilt: ``r~_N(y) = log(P_N(k)/P_k)``, so that ``pi_N = p exp(r~_N)`` (SPEC §2).
+  """BoN as a tilt: ``r~_N(y) = log(P_N(k)/P_k)``, so that ``pi_N = p exp(r~_N)`` (docs: theory/best-of-n).
 
   ``klrl.tilted.tilt(logp, r~_N, 1)`` is ``log_policy(logp, reward, n)``. On levels of zero
   mass the value is the limit ``log N + (N-1) log F_k`` (the continuous-reward form).
@@ -497,7 +500,9 @@ def transformed_reward(logp: Float[Array, "... v"], reward: Float[Array, "... v"
 
 @_checks.public
 def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: Float[Array, "..."]) -> Stats:
-  """``KL(pi_N || p)``, ``E_{pi_N}[r]``, the win rate against ``p`` and ``Var_{pi_N}[r]`` (SPEC §2).
+  """``KL(pi_N || p)``, ``E_{pi_N}[r]``, the win rate against ``p`` and ``Var_{pi_N}[r]``.
+
+  The statements are on the theory page (docs: theory/best-of-n).
 
   Computed on the reward levels (one sort per row). Ties count one half in the win rate.
 
@@ -538,7 +543,7 @@ def _kl_bound(n):
 
 @_checks.public
 def kl_bound(n: Float[Array, "..."]) -> Float[Array, "..."]:
-  """``log N - (N - 1)/N``: an **upper bound** on ``KL(pi_N || p)``, not the KL (SPEC §2).
+  """``log N - (N - 1)/N``: an **upper bound** on ``KL(pi_N || p)``, not the KL (docs: theory/best-of-n).
 
   Equality holds only for a reward without atoms; with atoms the KL can be far smaller (binary
   outputs: below ``log 2`` for every ``N``, while the bound grows like ``log N``). Evaluated
@@ -561,7 +566,7 @@ def _collision(where, logp, reward, n):
 
 @_checks.public
 def kl_gap_bound(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: Float[Array, "..."]) -> Float[Array, "..."]:
-  """``2 N (N - 1) sum_k P_k^2``, a bound on ``log N - (N-1)/N - KL(pi_N || p)`` (SPEC §2).
+  """``2 N (N - 1) sum_k P_k^2``, a bound on ``log N - (N-1)/N - KL(pi_N || p)`` (docs: theory/best-of-n).
 
   The sum runs over reward levels (tied outputs form one atom).
   """
@@ -571,14 +576,20 @@ def kl_gap_bound(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: 
 
 @_checks.public
 def win_rate_gap_bound(logp: Float[Array, "... v"], reward: Float[Array, "... v"], n: Float[Array, "..."]) -> Float[Array, "..."]:
-  """``((N - 1)/2) sum_k P_k^2``, a bound on ``N/(N+1) - W`` (SPEC §2), summed over reward levels."""
+  """``((N - 1)/2) sum_k P_k^2``, a bound on ``N/(N+1) - W``, summed over reward levels.
+
+  The bound is on the theory page (docs: theory/best-of-n).
+  """
   n, c = _collision("klrl.bon.win_rate_gap_bound", logp, reward, n)
   return 0.5 * (n - 1) * c
 
 
 @_checks.public
 def kl_limit(logp: Float[Array, "... v"], reward: Float[Array, "... v"]) -> Float[Array, "..."]:
-  """``lim_{N -> inf} KL(pi_N || p) = -log p(S*)``, the saturation budget of SPEC §1."""
+  """``lim_{N -> inf} KL(pi_N || p) = -log p(S*)``, the saturation budget ``delta_max``.
+
+  The budget is defined on the theory page (docs: theory/tilted).
+  """
   return tilted.max_kl(*_inputs("klrl.bon.kl_limit", logp, reward))
 
 
@@ -588,7 +599,7 @@ def kl_estimator(eps: Float[Array, "..."], n: Float[Array, "..."]) -> Float[Arra
 
   ``D(eps, N) = (1-eps)^N [log N + (N-1) log(1-eps) - (N-1)/N]
   + (1 - (1-eps)^N) log((1 - (1-eps)^N)/eps)``, in ``[0, log N - (N-1)/N]``; it is the exact
-  BoN KL of a reference made of a continuum plus one top atom of mass ``eps`` (SPEC §2).
+  BoN KL of a reference made of a continuum plus one top atom of mass ``eps`` (docs: theory/best-of-n).
   Evaluated with ``log1p``/``expm1`` for every ``N``, ``N = inf`` included (its limit is
   ``-log eps``); ``eps = 0`` gives ``log N - (N-1)/N`` and ``eps = 1`` gives 0.
 
@@ -703,7 +714,7 @@ def soft_log_policy(logp: Float[Array, "... v"], reward: Float[Array, "... v"], 
                     temperature: Float[Array, "..."], nodes: int = 1024) -> Float[Array, "... v"]:
   """Exact law of soft best-of-N: among ``N`` draws, pick one with probability ``∝ exp(r/tau)``.
 
-  With ``w = exp(r/tau)`` and ``M(t) = E_p exp(-w t)`` (SPEC §2)::
+  With ``w = exp(r/tau)`` and ``M(t) = E_p exp(-w t)`` (docs: theory/best-of-n)::
 
       pi_{N,tau}(y) = N p(y) w(y) ∫_0^∞ exp(-w(y) t) M(t)^{N-1} dt,
 
@@ -770,8 +781,8 @@ def against_frontier(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
   """Best-of-N against the KL-RL optimum ``phi_delta`` at BoN's own KL ``delta = KL(pi_N || p)``.
 
   No policy beats the frontier, so ``gap = R(delta) - E_{pi_N}[r] >= 0``, and the identity of
-  SPEC §1 gives ``KL(pi_N || phi_delta) = lam_delta * gap`` (both are returned so the identity
-  can be checked). Uses :func:`klrl.tilted.kl_constrained`.
+  the frontier (docs: theory/tilted) gives ``KL(pi_N || phi_delta) = lam_delta * gap`` (both are
+  returned so the identity can be checked). Uses :func:`klrl.tilted.kl_constrained`.
   """
   logp, reward, _, lv, parts = _bon("klrl.bon.against_frontier", logp, reward, n)
   st = _bon_stats(logp, reward, lv, parts)
@@ -793,7 +804,7 @@ def _bonbon_small(c):
 def bonbon(c: Float[Array, "..."]) -> WinRateTilt:
   """Continuous-reward closed forms for the win-rate-optimal tilt ``pi_c ∝ p exp(c F)`` (BoNBoN).
 
-  ``W(c) = 1/(1 - e^{-c}) - 1/c`` and ``KL(c) = c W(c) - log((e^c - 1)/c)`` (SPEC §2;
+  ``W(c) = 1/(1 - e^{-c}) - 1/c`` and ``KL(c) = c W(c) - log((e^c - 1)/c)`` (docs: theory/best-of-n;
   Gui et al., 2024), with a series near ``c = 0`` and ``W(-c) = 1 - W(c)``. Compare with
   best-of-N's continuous curve ``(log N - (N-1)/N, N/(N+1))`` (:func:`kl_bound`,
   :func:`win_rate_bound`): at equal KL the tilt wins more often.

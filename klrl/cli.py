@@ -14,7 +14,29 @@ import time
 import tomllib
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+
+
+def configs_dir() -> Path:
+  """The shipped configurations: package data ``klrl.configs`` when installed, else the
+  checkout's ``configs/`` (a checkout used through ``PYTHONPATH``)."""
+  import importlib.resources
+  try:
+    return Path(str(importlib.resources.files("klrl.configs")))
+  except ModuleNotFoundError:
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped_sweeps() -> dict[str, Path]:
+  """The shipped sweep configurations by name (their file stem)."""
+  return {p.stem: p for p in sorted((configs_dir() / "sweeps").glob("*.toml"))}
+
+
+def _sweep_path(name: str) -> Path | None:
+  """A sweep configuration given as a path, or as the name of a shipped one."""
+  path = Path(name)
+  if path.exists():
+    return path
+  return shipped_sweeps().get(name.removesuffix(".toml"))
 
 
 def cache_dir() -> Path:
@@ -50,11 +72,19 @@ def _run(args) -> int:
   from klrl.report import Context, write_report
   from klrl.report.sections import SECTIONS
 
-  path = Path(args.config) if args.config else DEFAULT_CONFIG
+  path = Path(args.config) if args.config else configs_dir() / "default.toml"
   if not path.exists():
     print(f"klrl run: configuration {path} not found (pass --config PATH)", file=sys.stderr)
     return 2
-  cfg = tomllib.loads(path.read_text())
+  from klrl.report.config import RunConfigError, check
+  try:
+    cfg = check(tomllib.loads(path.read_text()), SECTIONS, str(path))
+  except tomllib.TOMLDecodeError as e:
+    print(f"klrl run: {path} is not valid TOML: {e}", file=sys.stderr)
+    return 2
+  except RunConfigError as e:
+    print(e, file=sys.stderr)
+    return 2
   wanted = args.sections.split(",") if args.sections else list(SECTIONS)
   unknown = [k for k in wanted if k not in SECTIONS]
   if unknown:
@@ -67,13 +97,13 @@ def _run(args) -> int:
           f"(pip install 'klrl[real]', or -e '.[real]' in a checkout)", file=sys.stderr)
   wanted = [k for k in wanted if k not in skipped]
   stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-  out = Path(args.out) if args.out else Path(cfg.get("run", {}).get("out", "runs")) / stamp
+  out = Path(args.out) if args.out else Path(cfg["run"]["out"]) / stamp
   ctx = Context(out=out, scale=args.scale, quiet=args.quiet)
   sections, seconds, t0 = [], {}, time.perf_counter()
   for i, key in enumerate(wanted, 1):
     ctx.log(f"[{i}/{len(wanted)}] {SECTIONS[key].TITLE} ...")
     t = time.perf_counter()
-    sections.append(SECTIONS[key].run(cfg.get(key, {}), ctx))
+    sections.append(SECTIONS[key].run(cfg[key], ctx))
     seconds[sections[-1].key] = time.perf_counter() - t
     ctx.log(f"      done in {seconds[sections[-1].key]:.1f} s")
   header = (f"# klrl theorem atlas\n\nklrl {__version__}, configuration `{path}`"
@@ -91,10 +121,27 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-  from klrl.sweep import ConfigError, SweepError, engine, load
+  from klrl.sweep import EXPERIMENTS, ConfigError, SweepError, engine, load
 
+  if args.list:
+    print("shipped configurations (klrl sweep NAME):")
+    for name, path in shipped_sweeps().items():
+      print(f"  {name:28s} {load(path).description}")
+    print("registered experiments (the 'experiment' key):")
+    for name, exp in sorted(EXPERIMENTS.items()):
+      print(f"  {name:28s} {(exp.fn.__doc__ or '').strip().splitlines()[0] if exp.fn.__doc__ else ''}")
+    return 0
+  if args.config is None:
+    print("klrl sweep: give a configuration file or the name of a shipped one (klrl sweep --list)", file=sys.stderr)
+    return 2
+  path = _sweep_path(args.config)
+  if path is None:
+    print(f"klrl sweep: {args.config} is neither a file nor a shipped configuration; shipped: "
+          f"{', '.join(shipped_sweeps())}", file=sys.stderr)
+    return 2
+  args.config = str(path)
   try:
-    cfg = load(args.config)
+    cfg = load(args.config, args.set)
   except ConfigError as e:
     print(e, file=sys.stderr)
     return 2
@@ -110,6 +157,11 @@ def _sweep(args) -> int:
   except SweepError as e:
     print(f"klrl sweep: {e}", file=sys.stderr)
     return 1 if isinstance(e, engine.ChunkFailed) else 2
+  except KeyboardInterrupt:                    # the finished chunks are on disk, the run recorded as interrupted
+    import shlex
+    again = shlex.join(["klrl", "sweep", args.config, "--out", str(out)] + [a for s in args.set for a in ("--set", s)])
+    print(f"klrl sweep: interrupted; the finished chunks are kept in {out}. Resume with: {again}", file=sys.stderr)
+    return 130
   print(engine.report(summary))
   return 0
 
@@ -122,7 +174,8 @@ def _merge(args) -> int:
   except SweepError as e:
     print(f"klrl merge: {e}", file=sys.stderr)
     return 2
-  print(f"klrl merge: {merged.rows} rows in {merged.results}; manifest {merged.manifest}")
+  typed = f" (typed: {merged.parquet.name})" if merged.parquet else ""
+  print(f"klrl merge: {merged.rows} rows in {merged.results}{typed}; manifest {merged.manifest}")
   return 0
 
 
@@ -157,7 +210,7 @@ def main(argv=None) -> int:
   parser.add_argument("--version", action=_Version, nargs=0,
                       help="print the versions, backend, devices and computation path, and exit")
   sub = parser.add_subparsers(dest="command", required=True)
-  run = sub.add_parser("run", help="the theorem atlas: every report section (default: configs/default.toml)")
+  run = sub.add_parser("run", help="the theorem atlas: every report section (default: the shipped default.toml)")
   run.add_argument("--config", help="TOML configuration file")
   run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
   run.add_argument("--sections", help="comma-separated subset of sections to run")
@@ -166,10 +219,14 @@ def main(argv=None) -> int:
   _cache_options(run)
 
   sw = sub.add_parser("sweep", help="run (or resume) the sweep of a TOML configuration")
-  sw.add_argument("config", help="sweep configuration (see configs/sweeps/)")
+  sw.add_argument("config", nargs="?", help="sweep configuration: a TOML file, or the name of a shipped one (--list)")
+  sw.add_argument("--list", action="store_true", help="list the shipped configurations and the registered experiments")
   sw.add_argument("--out", help="results directory (default: [run] out, else runs/sweeps/<config name>)")
   sw.add_argument("--quiet", action="store_true", help="no progress display")
   sw.add_argument("--dry-run", action="store_true", help="check the configuration and describe the grid only")
+  sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                  help="override a key of the configuration, VALUE in TOML (repeatable), e.g. --set grid.delta=[0.1,0.2] "
+                       "--set fixed.vocab=64 --set run.chunk_size=8")
   sw.add_argument("--distributed", action="store_true",
                   help="multi-host: initialise jax.distributed (settings below, else from the cluster scheduler)")
   sw.add_argument("--coordinator", help="multi-host: address host:port of process 0 (JAX_COORDINATOR_ADDRESS)")

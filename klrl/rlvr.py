@@ -1,5 +1,5 @@
 """Reasoning with verifiable rewards (RLVR): the optimal reasoning distribution and the accuracy
-dynamics of natural-gradient flow (SPEC section 5; Tan & Hong, *A Theoretical Lens for RL-Tuned
+dynamics of natural-gradient flow (docs: theory/rlvr; Tan & Hong, *A Theoretical Lens for RL-Tuned
 Language Models via Energy-Based Models*, 2025).
 
 For each prompt a verifier marks responses correct (``c(y) = 1``) or wrong; the reference
@@ -105,14 +105,14 @@ load_problem = _checks.renamed(instances.load_rlvr_problem, "klrl.rlvr.load_prob
 
 @_checks.public
 def accuracy(logq: Float[Array, "... y"], correct: Bool[Array, "... y"]) -> Float[Array, "..."]:
-  """Accuracy ``q(correct) = sum_y q(y) c(y)`` of a policy, per prompt (SPEC section 5)."""
+  """Accuracy ``q(correct) = sum_y q(y) c(y)`` of a policy, per prompt (docs: theory/rlvr)."""
   _, _, la, _, _ = _checks.prompts("klrl.rlvr.accuracy", logq, correct, name="logq")
   return jnp.exp(la)
 
 
 @_checks.public
 def target_accuracy(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], beta: Float[Array, "..."]) -> Float[Array, "..."]:
-  """Accuracy of the optimal policy: ``logit a* = logit a_ref + 1/beta`` (SPEC section 5).
+  """Accuracy of the optimal policy: ``logit a* = logit a_ref + 1/beta`` (docs: theory/rlvr).
 
   Args:
     logp: reference log-probabilities.
@@ -137,7 +137,7 @@ def log_partition(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], be
 
 @_checks.public
 def optimal_policy(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], beta: Float[Array, "..."]) -> Float[Array, "... y"]:
-  """The optimal reasoning distribution ``pi* ∝ p exp(c / beta)`` (SPEC section 5).
+  """The optimal reasoning distribution ``pi* ∝ p exp(c / beta)`` (docs: theory/rlvr).
 
   The tilt of :func:`klrl.tilted.tilt` with the 0/1 reward; equal to
   ``a* p(. | correct) + (1 - a*) p(. | wrong)``.
@@ -153,9 +153,9 @@ def optimal_policy(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], b
 @_checks.public
 def suboptimality_gap(logq: Float[Array, "... y"], logp: Float[Array, "... y"], correct: Bool[Array, "... y"],
                       beta: Float[Array, "..."]) -> Float[Array, "..."]:
-  """``J(pi*) - J(q) = beta KL(q || pi*)`` per prompt (its mean over prompts is SPEC's gap).
+  """``J(pi*) - J(q) = beta KL(q || pi*)`` per prompt (its mean over prompts is the suboptimality gap).
 
-  From the identity ``J(q) = beta log Z - beta KL(q || pi*)`` (SPEC section 5); computed as the
+  From the identity ``J(q) = beta log Z - beta KL(q || pi*)`` (docs: theory/rlvr); computed as the
   KL, which is non-negative and has no cancellation.
 
   Args:
@@ -191,7 +191,7 @@ def _lam(beta, t):
 @_checks.public
 def natural_gradient_flow(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], beta: Float[Array, "..."],
                           t: Float[Array, "..."], logq0: Float[Array, "... y"] | None = None) -> Float[Array, "... y"]:
-  """Natural-gradient flow of ``J`` on softmax logits, in closed form (SPEC section 5).
+  """Natural-gradient flow of ``J`` on softmax logits, in closed form (docs: theory/rlvr).
 
   The flow ``dtheta/dt = c - beta log(q_theta / p)`` (the Fisher-preconditioned gradient, up to a
   constant per prompt) is solved by
@@ -235,7 +235,7 @@ def entropy_split(logp: Float[Array, "... y"], correct: Bool[Array, "... y"]) ->
   """Reference accuracy, entropies of ``p`` on correct and wrong responses, and the threshold.
 
   Along the flow ``dH/da = log((1 - a)/a) + H_C - H_W``, so entropy rises with accuracy below
-  ``sigmoid(H_C - H_W)`` and falls above it (SPEC section 5).
+  ``sigmoid(H_C - H_W)`` and falls above it (docs: theory/rlvr).
   """
   logp, correct, la, lw, _ = _checks.prompts("klrl.rlvr.entropy_split", logp, correct)
   return _split(logp, correct, la, lw)
@@ -255,7 +255,7 @@ def flow(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], beta: Float
          t: Float[Array, "..."]) -> FlowStats:
   """Accuracy, gap, Bernoulli KLs and entropy along natural-gradient flow from ``p``, closed form.
 
-  With ``lam_t = (1 - e^{-beta t}) / beta`` (SPEC section 5): ``logit a_t = logit a_ref + lam_t``;
+  With ``lam_t = (1 - e^{-beta t}) / beta`` (docs: theory/rlvr): ``logit a_t = logit a_ref + lam_t``;
   the suboptimality gap ``J(pi*) - J(q_t)`` equals ``beta kl(a_t || a*)`` (``.kl_forward``, the
   current accuracy first), not ``beta kl(a* || a_t)`` (``.kl_reverse``); ``KL(q_t || p) =
   kl(a_t || a_ref)``; ``H(q_t) = h(a_t) + a_t H_C + (1 - a_t) H_W``. The Bernoulli KLs are

@@ -1,6 +1,6 @@
 """Energy-based (tilted) policies: the closed form of KL-regularised and KL-constrained RL.
 
-For a reference ``p`` and a reward ``r`` on the same support (SPEC section 1)::
+For a reference ``p`` and a reward ``r`` on the same support (docs: theory/tilted)::
 
     J_beta(q) = E_q[r] - beta KL(q || p),     pi_beta = p exp(r / beta) / Z_beta.
 
@@ -143,7 +143,7 @@ def _log_policy(logp, reward, lam, mean, kl, mean_gap, r_max):
 def tilt(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Float[Array, "..."]) -> Float[Array, "... v"]:
   """Log-probabilities of the tilted policy ``pi_beta = p exp(r / beta) / Z_beta``.
 
-  The maximiser of ``E_q[r] - beta KL(q || p)`` (SPEC section 1).
+  The maximiser of ``E_q[r] - beta KL(q || p)`` (docs: theory/tilted).
 
   Args:
     logp: reference log-probabilities, ``-inf`` for zero mass.
@@ -191,7 +191,7 @@ def stats(logp: Float[Array, "... v"], reward: Float[Array, "... v"], beta: Floa
   """Statistics of ``pi_beta``: ``log Z``, ``KL(pi || p)``, mean and variance of ``r``, entropy.
 
   ``E_pi[r] = A'(1/beta)``, ``Var_pi[r] = A''(1/beta)`` and ``KL(pi || p) = lam A' - A``
-  (SPEC section 1), from one pass over the data.
+  (docs: theory/tilted), from one pass over the data.
   """
   where = "klrl.tilted.stats"
   logp, reward, beta = _checks.logp_reward(where, logp, reward, False, beta=(beta, _checks.positive))
@@ -404,7 +404,7 @@ _infinite_slope.defjvp(_infinite_slope_jvp, symbolic_zeros=True)
 def kl_constrained(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."]) -> Constrained:
   """Solves ``max_q E_q[r]`` subject to ``KL(q || p) <= delta`` in closed form.
 
-  Cases (SPEC section 1): for ``0 <= delta < delta_max`` the answer is the tilt whose ``lam``
+  Cases (docs: theory/tilted): for ``0 <= delta < delta_max`` the answer is the tilt whose ``lam``
   solves ``lam A'(lam) - A(lam) = delta`` (the constraint is active); for
   ``delta >= delta_max = -log p(S*)`` it is ``p( . | S*)``, ties at the maximum weighted in
   proportion to ``p``, with ``beta = 0``; a constant reward is always saturated and returns

@@ -1,4 +1,5 @@
-"""Training loops for KL-regularised RL with verifiable rewards, on optax (SPEC section 6).
+"""Training loops for KL-regularised RL with verifiable rewards, on optax
+(docs: theory/training).
 
 Every loop is one ``jax.lax.scan`` over optax updates, compiled once, with the metrics of each
 iterate recorded inside the scan (no host round-trips), and ``vmap``-able over PRNG keys and
@@ -262,7 +263,7 @@ def _scan(step, carry, steps):
 def policy_gradient(logp: Float[Array, "... y"], correct: Bool[Array, "... y"], beta: Float[Array, "..."],
                     optimizer: optax.GradientTransformation, steps: int, *,
                     features: Float[Array, "... y d"] | None = None, init: Any = None) -> Trace:
-  """Maximises ``J`` with its exact gradient and any optax optimiser (SPEC section 6).
+  """Maximises ``J`` with its exact gradient and any optax optimiser (docs: theory/training).
 
   Args:
     logp: reference log-probabilities, one row per prompt.
@@ -339,7 +340,7 @@ def natural_policy_gradient(logp: Float[Array, "... y"], correct: Bool[Array, ".
   Tabular: ``F^+ grad J = c - beta log(q/p)`` centred under ``q``, per prompt (closed form).
   Log-linear: ``F = E_x Cov_q(features)`` and the direction solves ``(F + damping I) x = grad J``.
   With ``optax.sgd(eta)`` from ``q = p`` the iterates are the tilts ``q_k ∝ p exp(lam_k c)``
-  with ``lam_{k+1} = (1 - eta beta) lam_k + eta`` (SPEC section 5), in both parametrisations
+  with ``lam_{k+1} = (1 - eta beta) lam_k + eta`` (docs: theory/training), in both parametrisations
   when ``c`` is among the features.
 
   Args:
@@ -451,7 +452,7 @@ def sampled_gradient(key: Array, params: Any, logp: Float[Array, "... y"], corre
   (``"reinforce"``), the reward minus the mean of the other draws (``"loo"``, leave-one-out), or
   the reward centred and divided by the group's standard deviation plus ``eps`` (``"grpo"``).
   The estimate is the gradient of ``-mean_i A_i log q(y_i)``, plus ``beta mean_i k(y_i)``
-  (differentiated with the draws fixed) if ``kl_in == "loss"`` (SPEC section 6).
+  (differentiated with the draws fixed) if ``kl_in == "loss"`` (docs: theory/training).
 
   Args:
     key: PRNG key.
@@ -550,9 +551,9 @@ def kl_constrained_training(logp: Float[Array, "... y"], correct: Bool[Array, ".
   gradient in ``u`` (mirror descent on ``nu``: with ``optax.sgd(eta)``,
   ``nu <- nu exp(eta (KL - delta))``). Both are updated simultaneously from the same iterate.
   At a fixed point ``q`` is the tilt ``pi_nu`` with ``KL = delta``: ``klrl.tilted.kl_constrained``'s
-  ``phi_delta`` with ``nu = beta_delta`` (SPEC sections 1 and 6), reached when the policy class
-  contains it (tabular policies, or a log-linear one with ``c`` among its features for one prompt)
-  and the dual step is small against the primal one (too large a dual step makes the pair
+  ``phi_delta`` with ``nu = beta_delta`` (docs: theory/tilted, theory/training), reached when the
+  policy class contains it (tabular policies, or a log-linear one with ``c`` among its features for
+  one prompt) and the dual step is small against the primal one (too large a dual step makes the pair
   circle the saddle point instead of converging: e.g. primal ``sgd(1.0)`` natural steps with
   dual ``sgd(0.2)`` converge to 1e-12, dual ``sgd(0.5)`` may not).
 
@@ -604,7 +605,7 @@ def kl_constrained_training(logp: Float[Array, "... y"], correct: Bool[Array, ".
 
 @_checks.public(static=("length",))
 def kl_estimator_audit(logq: Float[Array, "... v"], logp: Float[Array, "... v"], length: int = 1) -> Audit:
-  """Exact mean, variance and gradient bias of the KL estimators ``k1, k2, k3`` (SPEC section 6).
+  """Exact mean, variance and gradient bias of the KL estimators ``k1, k2, k3`` (docs: theory/training).
 
   Enumerates every sequence of ``length`` tokens drawn i.i.d. from ``q`` (``length = 1``: a
   response set), with the per-token estimators summed over the sequence as in practice, and

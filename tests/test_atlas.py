@@ -56,7 +56,7 @@ def test_default_atlas_renders_markdown_and_self_contained_html(atlas):
   assert figures
   assert md.startswith("# klrl theorem atlas") and re.search(r"\*\*(\d+) of \1 checks pass\.\*\*", md)
   for fig in figures:
-    assert f"(figures/{fig.name})" in md
+    assert f'src="figures/{fig.name}"' in md                # a figure with its caption
   page = Parsed(html)
   assert page.links == []                                  # nothing outside the file
   embedded = [base64.b64decode(src.split(",", 1)[1]) for src in page.images if src.startswith("data:image/png;base64,")]
@@ -69,7 +69,7 @@ def test_default_atlas_renders_markdown_and_self_contained_html(atlas):
 def test_report_shows_statements_margins_and_failures(tmp_path):
   fig, ax = plt.subplots()
   ax.plot([0, 1], [1, 0])
-  sec = Section("demo", "Demo <section> (SPEC §0)", text="Uses `code` and **bold** & more.",
+  sec = Section("demo", "Demo <section> (docs: theory/demo)", text="Uses `code` and **bold** & more.",
                 checks=[Check("ok", "a < b", 1e-14, 1e-12, 10), Check("bad", "x|y <= 0", 0.5, 0.1, 3),
                         Check("nan", "finite", float("nan"), 1.0, 2)],
                 tables={"t": [dict(a=1, b=2.5)]}, figures=[save(fig, tmp_path / "fig.png")])
@@ -78,7 +78,7 @@ def test_report_shows_statements_margins_and_failures(tmp_path):
   assert "**1 of 3 checks pass.**" in md and md.count("**FAIL**") == 2 and "x\\|y <= 0" in md
   assert "| ok | a < b | 10 | 1e-14 | 1e-12 | 9.9e-13 | pass |" in md and "| -0.4 |" in md
   assert "Demo &lt;section&gt;" in html and "<code>code</code>" in html and "<strong>bold</strong>" in html
-  assert html.count('class="fail"') == 2 and "&amp; more" in html and "<td class=\"num\">1.2</td>" in html
+  assert html.count('class="fail"') == 2 and "&amp; more" in html and "<td>1.2</td>" in html
   with open(tmp_path / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
   assert [r["passed"] for r in rows] == ["True", "False", "False"] and float(rows[2]["margin"]) == float("-inf")

@@ -1,4 +1,5 @@
-"""klrl.bon (SPEC §2): exact laws against brute force and mpmath, bounds, sampling, derivatives."""
+"""klrl.bon (docs: theory/best-of-n): exact laws against brute force and mpmath, bounds, sampling,
+derivatives."""
 import jax
 import jax.numpy as jnp
 import mpmath as mp
@@ -266,7 +267,7 @@ def test_bon_as_tilt_and_against_the_frontier(inst):
   f = _np(B.against_frontier(logp, r, n))
   assert np.all(f.gap >= -1e-12)
   ok = np.isfinite(f.lam)
-  # KL(pi_N || phi_delta) = lam * gap (SPEC §1).
+  # KL(pi_N || phi_delta) = lam * gap (docs: theory/best-of-n, against the frontier).
   np.testing.assert_allclose(f.kl_to_tilted[ok], f.lam[ok] * f.gap[ok], rtol=1e-8, atol=1e-11)
   np.testing.assert_allclose(f.frontier, _np(T.kl_constrained(logp, r, f.kl).mean_reward), rtol=1e-13)
 

@@ -1,4 +1,4 @@
-"""klrl.chains (SPEC §4): chains with known answers, the theory on random instances, deeptime,
+"""klrl.chains (docs: theory/chains): chains with known answers, the theory on random instances, deeptime,
 and assumption violations."""
 import itertools
 
@@ -25,7 +25,7 @@ def log(x):
 
 
 def instance(seed, beta, eps_ref=0.0, eps_rew=0.0):
-  """A random chain of SPEC §4: reference from a joint, transition reward, tilted kernel."""
+  """A random chain of the theory: reference from a joint, transition reward, tilted kernel."""
   k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
   logp = C.reference_from_joint(C.random_joint(k1, M, eps_ref))
   rw = C.random_reward(k2, M, eps_rew)
@@ -310,7 +310,7 @@ def test_hitting_times_against_path_sums():
 
 
 # ---------------------------------------------------------------------------------------------
-# The theory of SPEC §4 on random reversible instances.
+# The theory (docs: theory/chains) on random reversible instances.
 
 @given(seed=seeds, beta=betas)
 def test_detailed_balance_and_pi_proportional_to_exp_v(seed, beta):

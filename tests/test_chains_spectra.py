@@ -1,4 +1,4 @@
-"""klrl.chains (SPEC §4): spectra, derivatives, large sparse chains, float32 and bad input."""
+"""klrl.chains (docs: theory/chains): spectra, derivatives, large sparse chains, float32 and bad input."""
 import jax
 import jax.numpy as jnp
 import numpy as np

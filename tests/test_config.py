@@ -232,3 +232,126 @@ def test_experiment_declarations_are_checked():
     experiment("x.flags", params=dict(flag=Param(bool)), outputs=("y",))(lambda p, dtype: {})
   with pytest.raises(ValueError, match="both parameters and outputs"):
     experiment("x.clash", params=dict(y=Param(float)), outputs=("y",))(lambda p, dtype: {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line overrides (klrl sweep --set KEY=VALUE).
+
+FRONTIER = """
+experiment = "tilted.frontier"
+[fixed]
+vocab = 32
+[grid]
+delta = { logrange = [0.001, 1, 4] }
+seed = { seeds = 2 }
+"""
+
+
+def test_overrides_replace_keys_before_the_check():
+  sets = ["grid.delta=[0.1,0.2]", "fixed.vocab=64", "run.chunk_size=8", "fixed.problem=zipf",
+          "grid.seed={ seeds = 3, start = 1 }"]
+  cfg = config.parse(FRONTIER, "test.toml", sets)
+  assert cfg.axes == {"delta": (0.1, 0.2), "seed": (1, 2, 3)}
+  assert (cfg.fixed["vocab"], cfg.fixed["problem"], cfg.chunk_size) == (64, "zipf", 8)
+  assert cfg.source == "test.toml " + " ".join(f"--set {s}" for s in sets)
+  # the same configuration written out in the file has the same digest: overrides are not recorded in it
+  written = FRONTIER.replace("vocab = 32", 'vocab = 64\nproblem = "zipf"').replace(
+      "delta = { logrange = [0.001, 1, 4] }", "delta = [0.1, 0.2]").replace("seeds = 2", "seeds = 3, start = 1")
+  assert parse(written + "[run]\nchunk_size = 8\n").digest() == cfg.digest()
+  # sweeping a parameter the file holds fixed, and fixing one it sweeps
+  cfg = config.parse(FRONTIER, "test.toml", ["grid.vocab=[8, 16]", "fixed.seed=4"])
+  assert cfg.axes == {"delta": pytest.approx((0.001, 0.01, 0.1, 1.0)), "vocab": (8, 16)}
+  assert cfg.fixed["seed"] == 4 and "vocab" not in cfg.fixed
+
+
+def test_overrides_are_checked_like_the_file():
+  raw = {"experiment": "tilted.frontier", "fixed": {"vocab": 32}, "grid": {"delta": [0.5]}}
+  sets = ["fixed.vocab=1", "fixed.bogus=3", "grid.delta=\"x\"", "run.chunk_size=0", "grid", "fixed.vocab=[1",
+          "experiment.name=3", "grid.delta.values=[1.0]"]
+  with pytest.raises(ConfigError) as e:
+    config.from_dict(raw, "test.toml", sets)
+  errors = dict(e.value.errors)
+  assert raw == {"experiment": "tilted.frontier", "fixed": {"vocab": 32}, "grid": {"delta": [0.5]}}   # untouched
+  expected = {
+      "fixed.vocab": "expected an integer >= 2, got 1",
+      "fixed.bogus": "unknown parameter of tilted.frontier",
+      "grid.delta": "expected a list of values or a table",
+      "run.chunk_size": "expected an integer >= 1, got 0",
+      "--set grid": "expected KEY=VALUE",
+      "--set fixed.vocab=[1": "not a TOML value",
+      "--set experiment.name=3": "experiment is a string, not a table",
+      "--set grid.delta.values=[1.0]": "grid.delta is a string, not a table",
+  }
+  assert set(errors) == set(expected), sorted(errors)
+  for path, fragment in expected.items():
+    assert fragment in errors[path], (path, errors[path])
+  assert str(e.value).startswith("test.toml --set fixed.vocab=1 --set fixed.bogus=3 ")
+  assert f"{len(expected)} errors" in str(e.value).splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions between parameters (Limit), checked with the configuration.
+
+MEMORYLESS = 'experiment = "memoryless.bon_vs_kl"\n[grid]\ndelta = [0.1, 0.2]\n'
+
+
+def test_limits_are_reported_at_the_users_key_paths():
+  errors, message = errors_of(MEMORYLESS + "n = [16, 4096, 8192]\n[fixed]\nn_max = 2048\n")
+  assert errors == {"grid.n": "4096 exceeds fixed.n_max = 2048 (the buffers hold n <= n_max); 2 of its 3 values fail"}
+  assert message == ("test.toml: 1 error in the sweep configuration:\n  grid.n: 4096 exceeds fixed.n_max = 2048 "
+                     "(the buffers hold n <= n_max); 2 of its 3 values fail")
+  errors, _ = errors_of(MEMORYLESS + "n = [16, 1001]\n")
+  assert errors == {"grid.n": "1001 exceeds fixed.n_max = 1000 (default) (the buffers hold n <= n_max)"}
+  errors, _ = errors_of(MEMORYLESS + "n = [8, 64]\nn_max = [32, 128]\n")     # crossed: (64, 32) fails
+  assert errors == {"grid.n": "64 exceeds grid.n_max = 32 (the buffers hold n <= n_max)"}
+  errors, _ = errors_of(MEMORYLESS + "n = [8, 64, 512]\nn_max = [4, 32]\n")
+  assert errors["grid.n"].endswith("; 5 of the 6 combinations of grid.n, grid.n_max fail")
+  # zipped axes move together: only their pairs are grid points
+  assert parse('zip = [["n", "n_max"]]\n' + MEMORYLESS + "n = [8, 64]\nn_max = [8, 128]\n").size == 4
+  errors, _ = errors_of('zip = [["n", "n_max"]]\n' + MEMORYLESS + "n = [8, 64]\nn_max = [128, 8]\n")
+  assert errors == {"grid.n": "64 exceeds grid.n_max = 8 (the buffers hold n <= n_max)"}
+  errors, _ = errors_of(MEMORYLESS + "[fixed]\nn = 50\nn_max = 40\n")
+  assert errors == {"fixed.n": "50 exceeds fixed.n_max = 40 (the buffers hold n <= n_max)"}
+
+
+def test_limits_come_with_every_other_problem_and_defer_to_a_parameters_own_error():
+  rlvr = ('experiment = "rlvr.flow"\n[fixed]\nresponses = 8\nbeta = 1.0\nt = 1.0\n[grid]\n'
+          "num_correct = [1, 8, 9]\naccuracy = [0.0, 0.5, 1.0]\n[run]\nchunk_size = 0\n")
+  errors, _ = errors_of(rlvr)
+  assert errors == {
+      "grid.num_correct": "8 is not below fixed.responses = 8 (a prompt needs a wrong response); 2 of its 3 values fail",
+      "grid.accuracy": "0.0 is not strictly between 0 and 1 (both kinds of response need mass); 2 of its 3 values fail",
+      "run.chunk_size": "expected an integer >= 1, got 0"}
+  errors, _ = errors_of(MEMORYLESS + "[fixed]\nn = 0\nn_max = 40\n")      # n's own error only
+  assert list(errors) == ["fixed.n"] and "integer >= 1" in errors["fixed.n"]
+  errors, _ = errors_of("zip = 3\n" + MEMORYLESS + 'n = [8, 64]\nn_max = [32]\n')   # a bad zip: limits on axes wait
+  assert list(errors) == ["zip"]
+
+
+def test_the_limits_are_the_experiments_own_requirements():
+  """What a limit refuses, the experiment itself refuses (it would fail mid-sweep), and the
+  shipped configurations meet every limit."""
+  import jax.numpy as jnp
+  rlvr = EXPERIMENTS["rlvr.flow"]
+  p = dict(responses=4, num_correct=4, seed=0, accuracy=0.5, entropy_correct=0.9, entropy_wrong=0.9, beta=1.0, t=1.0)
+  assert not rlvr.limits[0].check(p)
+  with pytest.raises(ValueError, match="num_correct"):
+    rlvr.fn(p, jnp.float64)
+  p.update(num_correct=1, accuracy=1.0)
+  assert rlvr.limits[0].check(p) and not rlvr.limits[1].check(p)
+  with pytest.raises(ValueError, match="accuracy"):
+    rlvr.fn(p, jnp.float64)
+  mem = EXPERIMENTS["memoryless.bon_vs_kl"]
+  p = dict(instance="bernoulli", vocab=8, seed=0, temperature=2.0, p_good=0.3, delta=0.1, n=11, n_max=10)
+  assert not mem.limits[0].check(p)
+  with pytest.raises(ValueError, match="'n' is too large"):
+    mem.fn(p, jnp.float64)
+  for path in CONFIGS:
+    load(path)          # would raise ConfigError naming a broken limit
+
+
+def test_a_limit_must_name_parameters():
+  from klrl.sweep import Limit, Param, experiment
+  with pytest.raises(ValueError, match=r"limits name \['m'\], which are not parameters"):
+    experiment("x.limits", params=dict(n=Param(int)), outputs=("y",),
+               limits=(Limit(("n", "m"), lambda v: v["n"] <= v["m"], "{n} exceeds {m}"),))(lambda p, dtype: {})

@@ -1,4 +1,5 @@
-"""klrl.memoryless (SPEC §3) against brute-force enumeration, mpmath and theorem identities."""
+"""klrl.memoryless (docs: theory/memoryless) against brute-force enumeration, mpmath and theorem
+identities."""
 import csv
 import functools
 import itertools

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -591,3 +592,229 @@ def test_plot_refuses_a_damaged_table_naming_it(stats_run, tmp_path):
   (out / "results.csv").write_bytes(np.random.default_rng(1).bytes(500))
   with pytest.raises(SweepError, match=r"results.csv is not a readable CSV table"):
     plot(out, "beta", "kl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed results: results.parquet beside results.csv, klrl.sweep.load_results.
+
+FRONTIER_TYPES = dict(point="int64", seed="int64", delta="float64", vocab="int64", problem="string",
+                      temperature="float64", ties="int64", exponent="float64", relative="bool", budget="float64",
+                      frontier="float64", beta="float64", lam="float64", kl="float64", delta_max="float64",
+                      saturated="bool", iterations="float64")
+
+
+def as_typed(text, kind):
+  return {"int64": int, "float64": float, "bool": lambda v: {"True": True, "False": False}[v], "string": str}[kind](text)
+
+
+def test_merge_writes_a_typed_parquet_table(frontier_run):
+  import pyarrow.parquet as pq
+  cfg, summary = frontier_run
+  assert summary.merged.parquet == summary.out / "results.parquet"
+  t = pq.read_table(summary.merged.parquet)
+  arrow = {"int64": "int64", "float64": "double", "bool": "bool", "string": "string"}
+  assert {f.name: str(f.type) for f in t.schema} == {k: arrow[v] for k, v in FRONTIER_TYPES.items()}
+  assert list(t.column_names) == list(table(summary.merged.results)[0])            # the CSV's columns, in order
+  assert t.schema.metadata[b"klrl.digest"] == cfg.digest().encode()
+  rows = table(summary.merged.results)
+  for name, kind in FRONTIER_TYPES.items():       # every value is the CSV's, typed
+    got = t.column(name).to_pylist()
+    want = [as_typed(r[name], kind) for r in rows]
+    assert got == want, name
+
+
+def test_load_results_gives_the_same_typed_frame_from_parquet_and_csv(frontier_run, tmp_path):
+  from klrl.sweep import load_results
+  _, summary = frontier_run
+  frame = load_results(summary.out)
+  strings = str(frame["problem"].dtype)             # pandas 3: "str"; pandas 2: "object"
+  assert strings in ("str", "object")
+  assert {k: str(v) for k, v in frame.dtypes.items()} == {k: strings if v == "string" else v for k, v in FRONTIER_TYPES.items()}
+  rows = table(summary.merged.results)
+  assert len(frame) == len(rows) == 27
+  for name, kind in FRONTIER_TYPES.items():
+    assert frame[name].tolist() == [as_typed(r[name], kind) for r in rows], name
+  # the CSV typed by the configuration beside it (here and under `klrl merge --out`) is the same frame
+  assert load_results(summary.merged.results).equals(frame)
+  assert (load_results(summary.merged.results).dtypes == frame.dtypes).all()
+  assert load_results(summary.merged.parquet).equals(frame)
+  merged = tmp_path / "merged"
+  merge([summary.out], merged)
+  (merged / "results.parquet").unlink()
+  assert load_results(merged).equals(frame) and (load_results(merged).dtypes == frame.dtypes).all()
+  # a CSV alone: each column the narrowest type that holds its values
+  shutil.copy(summary.merged.results, tmp_path / "alone.csv")
+  alone = load_results(tmp_path / "alone.csv")
+  assert str(alone["iterations"].dtype) == "int64" and alone["saturated"].dtype == bool
+  assert alone.drop(columns="iterations").equals(frame.drop(columns="iterations"))
+  with pytest.raises(SweepError, match="results.csv not found"):
+    load_results(tmp_path)
+
+
+def test_load_results_names_a_value_that_does_not_fit_its_column(stats_run, tmp_path):
+  from klrl.sweep import load_results
+  _, summary = stats_run
+  out = tmp_path / "out"
+  shutil.copytree(summary.out, out)
+  (out / "results.parquet").unlink()
+  text = (out / "results.csv").read_text().splitlines(keepends=True)
+  cells = text[3].split(",")
+  cells[1] = "1.5"                                # the integer seed of row 3
+  text[3] = ",".join(cells)
+  (out / "results.csv").write_text("".join(text))
+  with pytest.raises(SweepError, match=r"results.csv: column 'seed' does not hold int values"):
+    load_results(out)
+
+
+def test_merge_without_pyarrow_keeps_the_csv_and_says_how_to_get_parquet(stats_run, tmp_path, monkeypatch, capsys):
+  from klrl.sweep import load_results
+  _, summary = stats_run
+  typed = load_results(summary.out)
+  out = tmp_path / "out"
+  shutil.copytree(summary.out, out)
+  assert (out / "results.parquet").exists()           # from the merge with pyarrow: stale after this one
+  monkeypatch.setitem(sys.modules, "pyarrow", None)   # `import pyarrow` raises ImportError
+  monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+  capsys.readouterr()
+  merged = merge([out])
+  err = capsys.readouterr().err
+  assert merged.parquet is None and merged.rows == 21 and not (out / "results.parquet").exists()
+  assert err.count("\n") == 1 and "pyarrow is not installed" in err and "pip install 'klrl[frames]'" in err
+  assert (out / "results.csv").read_bytes() == (summary.out / "results.csv").read_bytes()
+  again = load_results(out)                            # from the CSV, typed alike
+  assert again.equals(typed) and (again.dtypes == typed.dtypes).all()
+  assert cli.main(["merge", str(out)]) == 0
+  assert "rows in" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl sweep --set, the compile phase in the progress display, Ctrl-C.
+
+def test_set_overrides_the_configuration_and_is_checked(tmp_path, capsys):
+  path = tmp_path / "s.toml"
+  path.write_text(STATS)
+  sets = ["--set", "grid.beta=[0.5, 2.0]", "--set", "fixed.vocab=12", "--set", "run.chunk_size=3"]
+  assert cli.main(["sweep", str(path), *sets, "--dry-run"]) == 0
+  text = capsys.readouterr().out
+  assert text.splitlines()[0] == f"{path} --set grid.beta=[0.5, 2.0] --set fixed.vocab=12 --set run.chunk_size=3:"
+  assert "6 grid points, 2 chunks of at most 3" in text and "swept beta: 2 values [0.5 .. 2.0]" in text
+  assert "fixed vocab = 12" in text
+  assert cli.main(["sweep", str(path), "--set", "fixed.vocab=1", "--set", "grid.seed=[]", "--set", "fixed.n=", "--dry-run"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"{path} --set fixed.vocab=1 --set grid.seed=[] --set fixed.n=: 3 errors")
+  assert "  fixed.vocab: expected an integer >= 2, got 1" in err and "  grid.seed: expected a non-empty list" in err
+  assert "  --set fixed.n=: the value is not a TOML value" in err
+
+
+def test_sweep_with_overrides_shows_each_kernel_compiling(tmp_path, capsys):
+  path = tmp_path / "s.toml"
+  path.write_text(STATS)
+  out = tmp_path / "out"
+  assert cli.main(["sweep", str(path), "--out", str(out), "--set", "grid.vocab=[6, 10]", "--set", "grid.seed=[3]",
+                   "--set", "grid.beta=[1.0, 2.0, 4.0]", "--no-cache"]) == 0
+  err = capsys.readouterr().err.splitlines()
+  compiling = [line for line in err if "compiling" in line]
+  assert [line.split("; ")[1] for line in compiling] == ["compiling kernel 1/2 (vocab=6) ...",
+                                                         "compiling kernel 2/2 (vocab=10) ..."]
+  assert compiling[0].startswith("[sweep] 0/2 chunks, 0/6 points (0%)")
+  assert "2/2 chunks, 6/6 points (100%)" in err[-1] and "compiling" not in err[-1]
+  rows = table(out / "results.csv")
+  # an axis the overrides add comes after the file's axes (the last varies fastest)
+  assert [(r["seed"], r["beta"], r["vocab"]) for r in rows] == [("3", b, v) for b in ("1.0", "2.0", "4.0") for v in ("6", "10")]
+  assert json.loads((out / "sweep.json").read_text())["source"] == (
+      f"{path} --set grid.vocab=[6, 10] --set grid.seed=[3] --set grid.beta=[1.0, 2.0, 4.0]")
+
+
+class Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_progress_shows_the_compile_phase_on_one_terminal_line():
+  term = Terminal()
+  p = Progress(10, 2, stream=term, tick=0.01)
+  p.compiling(1, 2, "vocab=64")
+  time.sleep(0.2)                                  # the line is redrawn while the kernel compiles
+  p.compiled()
+  frames = term.getvalue().split("\r\033[K")[1:]
+  assert len(frames) >= 4 and "\n" not in term.getvalue()
+  assert all("; compiling kernel 1/2 (vocab=64) ... " in f for f in frames[:-1])
+  assert frames[0].startswith("[sweep] 0/2 chunks, 0/10 points (0%)") and frames[-2].endswith("s")
+  assert "compiling" not in frames[-1]              # redrawn without the phase once compiled
+  drawn = term.getvalue()
+  time.sleep(0.1)
+  assert term.getvalue() == drawn                   # and no longer redrawn
+  p.update(5)
+  p.close()
+  assert term.getvalue().endswith("\n") and term.getvalue().count("\n") == 1
+  # elsewhere: the phase is one plain line, the next line is without it
+  plain = io.StringIO()
+  q = Progress(10, 2, stream=plain, every=0.0)
+  q.compiling(2, 2)
+  q.update(5)
+  q.close()
+  assert plain.getvalue().splitlines() == [
+      "[sweep] 0/2 chunks, 0/10 points (0%), ? points/s, elapsed 0.0s, ETA ?; compiling kernel 2/2 ...",
+      "[sweep] 1/2 chunks, 5/10 points (50%), ? points/s, elapsed 0.0s, ETA ?"]
+
+
+def test_ctrl_c_in_the_cli_says_how_to_resume(monkeypatch, tmp_path, capsys):
+  path = tmp_path / "s.toml"
+  path.write_text(STATS)
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(engine, "sweep", interrupted)
+  assert cli.main(["sweep", str(path), "--out", str(tmp_path / "my out"), "--set", "fixed.vocab=12", "--quiet"]) == 130
+  assert capsys.readouterr().err == (f"klrl sweep: interrupted; the finished chunks are kept in {tmp_path / 'my out'}. "
+                                     f"Resume with: klrl sweep {path} --out '{tmp_path / 'my out'}' --set fixed.vocab=12\n")
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_and_the_printed_command_resumes(tmp_path):
+  cfg = cfg_of(KILL, tmp_path / "k.toml")
+  total = len(grid.plan(cfg, grid.expand(cfg)))
+  out = tmp_path / "out"
+  proc = subprocess.Popen(klrl("sweep", tmp_path / "k.toml", "--out", out, "--set", "run.chunk_size=2"), env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while not list((out / "chunks").glob("c*.csv")):
+    assert proc.poll() is None, proc.communicate()
+    assert time.monotonic() < deadline
+    time.sleep(0.002)
+  proc.send_signal(signal.SIGINT)
+  stdout, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr[-3000:]
+  command = shlex.join(["klrl", "sweep", str(tmp_path / "k.toml"), "--out", str(out), "--set", "run.chunk_size=2"])
+  assert stderr.splitlines()[-1] == f"klrl sweep: interrupted; the finished chunks are kept in {out}. Resume with: {command}"
+  assert "Traceback" not in stderr and stdout == ""
+  (run,) = json.loads((out / "manifest-p0.json").read_text())["runs"]
+  assert run["status"] == "interrupted" and run["error"].startswith("KeyboardInterrupt")
+  kept = {c: store.chunk_path(out, c).read_bytes() for c in store.completed(out)}
+  assert 0 < len(kept) < total and not (out / "results.csv").exists()
+  g, chunks = grid.expand(cfg), grid.plan(cfg, grid.expand(cfg))
+  for c in kept:
+    store.check_chunk(store.chunk_path(out, c), cfg, g, chunks[c])    # complete, this configuration's rows
+  # the command it printed resumes: the kept chunks are not computed again
+  r = subprocess.run(klrl(*shlex.split(command)[1:]), env=ENV, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"({len(kept)} already done)" in r.stdout
+  assert all(store.chunk_path(out, c).read_bytes() == data for c, data in kept.items())
+  m = json.loads((out / "manifest.json").read_text())
+  assert [r["status"] for r in m["processes"][0]["runs"]] == ["interrupted", "finished"]
+  assert len(table(out / "results.csv")) == cfg.size
+
+
+def test_log_plots_do_not_overwrite_the_linear_one(stats_run, tmp_path):
+  _, summary = stats_run
+  out = tmp_path / "out"
+  shutil.copytree(summary.out, out)
+  args = ["plot", str(out), "--x", "beta", "--y", "kl", "--group", "seed"]
+  assert cli.main(args) == 0
+  linear = (out / "plots" / "kl_vs_beta_by_seed.png").read_bytes()
+  assert cli.main(args + ["--logx", "--logy"]) == 0
+  assert cli.main(args + ["--logx"]) == 0
+  assert sorted(p.name for p in (out / "plots").glob("kl_vs_beta_by_seed*")) == [
+      "kl_vs_beta_by_seed.png", "kl_vs_beta_by_seed_logx.png", "kl_vs_beta_by_seed_logx_logy.png"]
+  assert (out / "plots" / "kl_vs_beta_by_seed.png").read_bytes() == linear
+  assert (out / "plots" / "kl_vs_beta_by_seed_logx_logy.png").read_bytes() != linear

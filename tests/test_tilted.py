@@ -1,4 +1,4 @@
-"""klrl.tilted (SPEC §1) against mpmath closed forms, brute force and theorem identities."""
+"""klrl.tilted (docs: theory/tilted) against mpmath closed forms, brute force and theorem identities."""
 
 import jax
 import jax.numpy as jnp

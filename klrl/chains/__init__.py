@@ -1,5 +1,5 @@
 """Self-correcting models as Markov chains: potential, detailed balance, convergence, hitting
-times and spectra (SPEC section 4).
+times and spectra (docs: theory/chains).
 
 A state is a whole response and one round of refinement maps ``s`` to ``s'``. The reference
 model is a kernel ``p(s'|s)``, the transition reward is ``r(s, s')`` and the RL-tuned model is

@@ -1,4 +1,5 @@
-"""The two assumptions of SPEC §4, their residuals, and the canonical potential.
+"""The two assumptions behind detailed balance, their residuals, and the canonical potential
+(docs: theory/chains).
 
 If the reward is a potential (``r(s,s') - r(s',s) = Phi(s') - Phi(s)``) and the reference is
 reversible (``mu(s) p(s'|s) = mu(s') p(s|s')``), the tilted kernel ``K`` satisfies detailed
@@ -62,7 +63,9 @@ def _fit(reward):
 
 @_args.public
 def reward_potential(reward: Float[Array, "... m m"]) -> PotentialFit:
-  """Tests the reward-potential assumption ``r(s,s') - r(s',s) = Phi(s') - Phi(s)`` (SPEC §4).
+  """Tests the reward-potential assumption ``r(s,s') - r(s',s) = Phi(s') - Phi(s)``.
+
+  The assumption is stated on the theory page (docs: theory/chains).
 
   The least-squares potential over all pairs is ``Phi(u) = mean_s (r(s,u) - r(u,s))``; what it
   leaves of the antisymmetric part is the cyclic (non-gradient) part of the reward.
@@ -83,7 +86,7 @@ def reward_potential(reward: Float[Array, "... m m"]) -> PotentialFit:
 @_args.public
 def potential(log_ref_kernel: Float[Array, "... m m"], reward: Float[Array, "... m m"],
               beta: Float[Array, "..."]) -> Float[Array, "... m"]:
-  """The canonical potential ``V(s) = log mu(s) + Phi(s)/beta + log Z(s)`` (SPEC §4).
+  """The canonical potential ``V(s) = log mu(s) + Phi(s)/beta + log Z(s)`` (docs: theory/chains).
 
   ``mu`` is the stationary law of the reference (its reversing measure when it is reversible),
   ``Phi`` the potential of the reward (the reward itself when given as ``Phi(s')``, else the
@@ -120,10 +123,11 @@ def potential(log_ref_kernel: Float[Array, "... m m"], reward: Float[Array, "...
 
 @_args.public
 def detailed_balance(log_kernel: Float[Array, "... m m"], potential: Float[Array, "... m"] | None = None) -> Balance:
-  """Detailed-balance residual ``V(s) + log K(s'|s) - V(s') - log K(s|s')`` (SPEC §4).
+  """Detailed-balance residual ``V(s) + log K(s'|s) - V(s') - log K(s|s')`` (docs: theory/chains).
 
   Zero for every pair exactly when ``e^V`` is a reversing measure of ``K``. With the canonical
-  potential of :func:`potential` it is zero under the two assumptions of SPEC §4 and equals
+  potential of :func:`potential` it is zero under the two assumptions (reversible reference, reward
+  potential) and equals
   the reference's own residual plus ``(cyclic part of r) / beta`` otherwise.
 
   Args:
@@ -154,8 +158,8 @@ def kolmogorov_cycles(log_kernel: Float[Array, "... m m"], cycles: Int[Array, "c
   """Kolmogorov's cycle criterion: ``log`` of forward over backward probability around cycles.
 
   A kernel is reversible exactly when every cycle ``s_0 -> s_1 -> ... -> s_{L-1} -> s_0`` is as
-  likely forwards as backwards (SPEC §4). For a kernel with all moves possible, the triangles
-  ``(0, i, j)`` suffice.
+  likely forwards as backwards (Kolmogorov's criterion, docs: theory/chains). For a kernel with all
+  moves possible, the triangles ``(0, i, j)`` suffice.
 
   Args:
     log_kernel: log kernel ``(..., M, M)``.

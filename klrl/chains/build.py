@@ -1,14 +1,14 @@
 """Building chains: the tilted kernel, reversible references, random rewards, birth-death chains.
 
 The RL-tuned model is the tilted kernel of a reference ``p(s'|s)`` and a transition reward
-``r(s, s')`` (SPEC §4)::
+``r(s, s')`` (docs: theory/chains)::
 
     K(s'|s) = p(s'|s) exp(r(s, s') / beta) / Z(s),    Z(s) = sum_u p(u|s) exp(r(s, u) / beta).
 
 A symmetric joint weight ``W`` gives the reversible reference ``p(s'|s) = W(s, s') / mu(s)``.
-The random generators build chains on which the assumptions of SPEC §4 hold, or fail by an
-exactly known amount: a pure cycle (an antisymmetric matrix with zero row sums) added to the
-log joint or to the reward.
+The random generators build chains on which the assumptions of detailed balance
+(docs: theory/chains) hold, or fail by an exactly known amount: a pure cycle (an antisymmetric
+matrix with zero row sums) added to the log joint or to the reward.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Reward(NamedTuple):
 @_args.public
 def kernel(log_ref_kernel: Float[Array, "... m m"], reward: Float[Array, "... m m"],
            beta: Float[Array, "..."]) -> Float[Array, "... m m"]:
-  """The tilted (RL-tuned) kernel ``K(s'|s) = p(s'|s) exp(r(s,s')/beta) / Z(s)`` (SPEC §4).
+  """The tilted (RL-tuned) kernel ``K(s'|s) = p(s'|s) exp(r(s,s')/beta) / Z(s)`` (docs: theory/chains).
 
   Args:
     log_ref_kernel: log reference kernel ``log p(s'|s)``, rows over the last axis.
@@ -66,7 +66,7 @@ def reference_from_joint(log_joint: Float[Array, "... m m"]) -> Float[Array, "..
   """Reference kernel ``p(s'|s) = W(s, s') / mu(s)`` from joint weights, ``mu(s) = sum_s' W(s, s')``.
 
   A symmetric ``W`` gives a kernel that is reversible with respect to ``mu`` (the reversible
-  pretraining assumption of SPEC §4).
+  pretraining assumption, docs: theory/chains).
 
   Args:
     log_joint: ``log W``, nonnegative weights (``-inf`` for none); every row needs some weight.

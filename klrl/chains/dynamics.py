@@ -1,4 +1,4 @@
-"""Laws over rounds: evolution ``p_{t+1} = p_t K``, relaxation to equilibrium, drift (SPEC §4).
+"""Laws over rounds: evolution ``p_{t+1} = p_t K``, relaxation to equilibrium, drift (docs: theory/chains).
 
 ``KL(p_t || pi)`` is non-increasing for every kernel with stationary law ``pi``, and the free
 energy ``-E_p[V] - H(p)`` decreases with it when ``pi ∝ e^V``. Each step is a sum of
@@ -60,7 +60,7 @@ def _evolve(logk, logp0, rounds):
 
 @_args.public(static=("rounds",))
 def evolve(log_kernel: Float[Array, "... m m"], log_p0: Float[Array, "... m"], rounds: int) -> Float[Array, "... t m"]:
-  """Laws over rounds, ``p_{t+1} = p_t K`` (SPEC §4), batched over kernels and initial laws.
+  """Laws over rounds, ``p_{t+1} = p_t K`` (docs: theory/chains), batched over kernels and initial laws.
 
   Args:
     log_kernel: log kernel ``(..., M, M)``.
@@ -80,7 +80,7 @@ def evolve(log_kernel: Float[Array, "... m m"], log_p0: Float[Array, "... m"], r
 @_args.public(static=("rounds",))
 def relaxation(log_kernel: Float[Array, "... m m"], log_p0: Float[Array, "... m"], rounds: int,
                potential: Float[Array, "... m"] | None = None) -> Relaxation:
-  """Distance to equilibrium along ``p_{t+1} = p_t K`` (SPEC §4).
+  """Distance to equilibrium along ``p_{t+1} = p_t K`` (docs: theory/chains).
 
   ``KL(p_t || pi)`` is non-increasing for every kernel with stationary law ``pi``; the free
   energy ``-E_p[V] - H(p)`` equals ``KL(p || e^V) - log sum e^V``, so it decreases too when
@@ -116,7 +116,7 @@ def _drift(logk, v):
 
 @_args.public
 def drift(log_kernel: Float[Array, "... m m"], potential: Float[Array, "... m"] | None = None) -> Drift:
-  """Drift of a potential, ``sum_s' K(s'|s) (V(s') - V(s))``, and its stationary mean (SPEC §4).
+  """Drift of a potential, ``sum_s' K(s'|s) (V(s') - V(s))``, and its stationary mean (docs: theory/chains).
 
   The mean ``sum_s pi(s) drift(s)`` is zero for every ``V`` (zero global mean drift).
 

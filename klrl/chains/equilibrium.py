@@ -1,4 +1,4 @@
-"""The stationary law ``pi = pi K`` of a kernel (SPEC §4).
+"""The stationary law ``pi = pi K`` of a kernel (docs: theory/chains).
 
 ``method="gth"`` is the Grassmann-Taksar-Heyman elimination (:mod:`klrl.chains._elimination`):
 subtraction-free, so every mass has a small relative error, also masses of ``1e-12`` and below
@@ -109,7 +109,7 @@ def _stationary_jvp(method, primals, tangents):
 
 @_args.public(static=("method",))
 def stationary(log_kernel: Float[Array, "... m m"], method: str = "gth") -> Float[Array, "... m"]:
-  """The stationary law ``pi = pi K`` of any kernel with a unique one (SPEC §4).
+  """The stationary law ``pi = pi K`` of any kernel with a unique one (docs: theory/chains).
 
   Args:
     log_kernel: log kernel ``(..., M, M)``; reversible or not.

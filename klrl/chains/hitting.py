@@ -1,4 +1,5 @@
-"""Hitting and return times of a target set, and the bounds of SPEC §4 against them.
+"""Hitting and return times of a target set, and the bounds of the theory against them
+(docs: theory/chains).
 
 ``hitting_times`` solves ``(I - K_FF) h = 1`` only on the states ``F`` from which the target is
 hit almost surely (found by graph reachability); states that can avoid the target forever get
@@ -26,7 +27,7 @@ from klrl.divergences import expectation
 
 
 class HittingBounds(NamedTuple):
-  """Exact hitting and return times of a target set ``A`` and the bounds of SPEC section 4.
+  """Exact hitting and return times of a target set ``A`` and the bounds on them (docs: theory/chains).
 
   Attributes:
     times: ``E_s tau_A`` for each state (0 on ``A``, ``+inf`` where ``A`` can be avoided forever).
@@ -93,7 +94,7 @@ _hitting = jnp.vectorize(_hitting1, excluded={2}, signature="(m,m),(m)->(m)")
 @_args.public(static=("method",))
 def hitting_times(log_kernel: Float[Array, "... m m"], target_mask: Bool[Array, "... m"],
                   method: str = "gth") -> Float[Array, "... m"]:
-  """Expected hitting times ``E_s tau_A`` of a target set ``A`` (SPEC §4).
+  """Expected hitting times ``E_s tau_A`` of a target set ``A`` (docs: theory/chains).
 
   Solves ``(I - K_{A^c A^c}) h = 1`` on the states from which ``A`` is hit almost surely. States
   from which the chain can avoid ``A`` forever (``A`` unreachable, or an absorbing state or
@@ -126,9 +127,10 @@ def hitting_bounds(log_kernel: Float[Array, "... m m"], target_mask: Bool[Array,
                    potential: Float[Array, "... m"] | None = None) -> HittingBounds:
   """Exact hitting and return times of ``A`` against the drift bound, the spectral bound and Kac.
 
-  SPEC §4: ``E_s tau_A <= (V_max - V(s)) / delta`` when the drift of ``V`` is ``>= delta > 0``
-  off ``A``; ``E_pi tau_A <= (1 - pi(A)) / (gamma pi(A))`` for a reversible chain with spectral
-  gap ``gamma``; ``E_{pi_A} tau_A^+ = 1 / pi(A)`` (Kac) for every irreducible chain.
+  The bounds (docs: theory/chains): ``E_s tau_A <= (V_max - V(s)) / delta`` when the drift of
+  ``V`` is ``>= delta > 0`` off ``A``; ``E_pi tau_A <= (1 - pi(A)) / (gamma pi(A))`` for a
+  reversible chain with spectral gap ``gamma``; ``E_{pi_A} tau_A^+ = 1 / pi(A)`` (Kac) for every
+  irreducible chain.
 
   Args:
     log_kernel: log kernel with a unique stationary law.

@@ -1,9 +1,9 @@
 """Large sparse reversible chains in neighbour-list form, and their spectral gap by Lanczos.
 
 A chain on ``M`` states with ``k`` neighbours each is held as ``(M, k)`` arrays. Under both
-assumptions of SPEC §4 its stationary law is known in closed form (``sparse_chain``, ``O(M k)``
-and no solve). ``lanczos_gap`` handles chains with 10^4-10^5 states matrix-free: Lanczos with
-full reorthogonalisation on the symmetrised kernel, deflated by the known top eigenvector
+assumptions of detailed balance (docs: theory/chains) its stationary law is known in closed
+form (``sparse_chain``, ``O(M k)`` and no solve). ``lanczos_gap`` handles chains with 10^4-10^5
+states matrix-free: Lanczos with full reorthogonalisation on the symmetrised kernel, deflated by the known top eigenvector
 ``sqrt(pi)``; each Ritz value comes with the residual that bounds its error, and eigenvalue
 derivatives come from the Rayleigh quotient of the Ritz vectors.
 """
@@ -104,7 +104,7 @@ def sparse_chain(neighbors: Int[Array, "m k"], log_joint: Float[Array, "... m k"
   """The tilted kernel of a sparse reversible reference and a potential reward, and its ``pi``.
 
   The reference is ``p(s'|s) = W(s, s') / mu(s)`` for a symmetric joint ``W`` given by
-  neighbour lists, the reward is ``r(s, s') = Phi(s')``. Both assumptions of SPEC §4 hold, so
+  neighbour lists, the reward is ``r(s, s') = Phi(s')``. Both assumptions of detailed balance hold, so
   ``pi ∝ e^V`` with ``V(s) = Phi(s)/beta + log sum_s' W(s, s') exp(Phi(s')/beta)``, in
   ``O(M k)`` without any solve.
 
@@ -201,7 +201,9 @@ def _lanczos(matvec, u1, v0, steps):
 @_args.public(static=("steps",))
 def lanczos_gap(neighbors: Int[Array, "m k"], log_kernel: Float[Array, "m k"], log_pi: Float[Array, "m"],
                 steps: int = 100, key: Array | None = None) -> LanczosGap:
-  """Top of the spectrum of a large reversible chain in neighbour-list form, matrix-free (SPEC §4).
+  """Top of the spectrum of a large reversible chain in neighbour-list form, matrix-free.
+
+  The spectral quantities are defined on the theory page (docs: theory/chains).
 
   Runs ``steps`` Lanczos steps (a ``lax.scan``, full reorthogonalisation, ``O(M steps)``
   memory, no ``M x M`` matrix) on ``S = D^{1/2} K D^{-1/2}`` (``D = diag pi``, symmetrised as

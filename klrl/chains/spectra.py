@@ -1,4 +1,4 @@
-"""Spectra of reversible kernels, spectral gaps and the mixing bounds of SPEC §4.
+"""Spectra of reversible kernels, spectral gaps and the mixing bounds (docs: theory/chains).
 
 ``spectrum`` uses ``D^{1/2} K D^{-1/2}`` (``D = diag pi``), which for a reversible kernel is the
 entrywise geometric mean ``sqrt(K(s'|s) K(s|s'))``: exactly symmetric, free of ``pi`` and of its
@@ -76,7 +76,9 @@ def _lam_star(w):
 
 @_args.public
 def spectrum(log_kernel: Float[Array, "... m m"]) -> Float[Array, "... m"]:
-  """Eigenvalues of a reversible kernel, real and descending: ``1 = l_1 >= l_2 >= ... >= l_M`` (SPEC §4).
+  """Eigenvalues of a reversible kernel, real and descending: ``1 = l_1 >= l_2 >= ... >= l_M``.
+
+  The spectral theory is on the theory page (docs: theory/chains).
 
   Computed with a symmetric eigensolver on ``D^{1/2} K D^{-1/2}`` (``D = diag pi``), which for a
   reversible ``K`` equals ``sqrt(K(s'|s) K(s|s'))`` entrywise. For a kernel that is not
@@ -95,7 +97,7 @@ def spectrum(log_kernel: Float[Array, "... m m"]) -> Float[Array, "... m"]:
 
 @_args.public
 def spectral_gap(log_kernel: Float[Array, "... m m"]) -> Float[Array, "..."]:
-  """Spectral gap ``gamma = 1 - l_2`` of a reversible kernel (SPEC §4).
+  """Spectral gap ``gamma = 1 - l_2`` of a reversible kernel (docs: theory/chains).
 
   Args:
     log_kernel: log kernel ``(..., M, M)`` of a reversible chain, ``M >= 2``.
@@ -108,7 +110,7 @@ def spectral_gap(log_kernel: Float[Array, "... m m"]) -> Float[Array, "..."]:
 
 @_args.public
 def absolute_spectral_gap(log_kernel: Float[Array, "... m m"]) -> Float[Array, "..."]:
-  """Absolute spectral gap ``gamma* = 1 - max(|l_2|, |l_M|)`` of a reversible kernel (SPEC §4).
+  """Absolute spectral gap ``gamma* = 1 - max(|l_2|, |l_M|)`` of a reversible kernel (docs: theory/chains).
 
   Differentiable: the derivative is that of the eigenvalue attaining the maximum (half each
   when ``|l_2| = |l_M|``), with degenerate eigenvalues handled as in :func:`spectrum`.
@@ -124,7 +126,7 @@ def absolute_spectral_gap(log_kernel: Float[Array, "... m m"]) -> Float[Array, "
 
 @_args.public
 def relaxation_time(log_kernel: Float[Array, "... m m"]) -> Float[Array, "..."]:
-  """Relaxation time ``t_rel = 1 / gamma*`` of a reversible kernel (SPEC §4).
+  """Relaxation time ``t_rel = 1 / gamma*`` of a reversible kernel (docs: theory/chains).
 
   Args:
     log_kernel: log kernel ``(..., M, M)`` of a reversible chain, ``M >= 2``.
@@ -138,7 +140,7 @@ def relaxation_time(log_kernel: Float[Array, "... m m"]) -> Float[Array, "..."]:
 @_args.public(static=("rounds",))
 def mixing_bounds(log_kernel: Float[Array, "... m m"], log_p0: Float[Array, "... m"], rounds: int,
                   eps: Float[Array, ""] = 0.25) -> MixingBounds:
-  """The mixing bounds of SPEC §4 for a reversible chain, over rounds ``t = 0..T``.
+  """The mixing bounds (docs: theory/chains) for a reversible chain, over rounds ``t = 0..T``.
 
   With ``lam* = 1 - gamma*``: ``TV(p_t, pi) <= (1/2) lam*^t sqrt(chi2(p_0 || pi))``,
   ``KL(p_t || pi) <= log(1 + lam*^(2t) chi2(p_0 || pi))``,
@@ -180,7 +182,7 @@ def _platform():
 
 @_args.public
 def eigenvalues(log_kernel: Float[Array, "... m m"]) -> Array:
-  """All eigenvalues of any kernel (complex), ``1`` first, then by decreasing modulus (SPEC §4).
+  """All eigenvalues of any kernel (complex), ``1`` first, then by decreasing modulus (docs: theory/chains).
 
   For chains that are not reversible, where :func:`spectrum` does not apply. Uses the general
   eigensolver ``jnp.linalg.eig``, which JAX provides on CPU (and on CUDA/ROCm GPUs); on other

@@ -44,10 +44,10 @@ def english_unigram(where: str, k: int | None = None, *, dtype=None) -> Unigram:
   ``p`` is the frequency of each of the ``k`` most frequent English words in the ``wordfreq``
   package (all ~3.2e5 words when ``k`` is None), renormalised over those words; the reward is
   the word's valence in the VADER sentiment lexicon (``vaderSentiment``; from -3.9 to 3.4) and
-  0 for the ~97% of words it does not list: a linear, per-token reward exactly as SPEC section 3
-  assumes, with a massive tie at 0. Valences are multiples of 0.1, so ``scale=10`` puts them
-  on the integer lattice (:func:`klrl.memoryless.lattice`). Both packages work offline
-  (optional extra ``real``).
+  0 for the ~97% of words it does not list: a linear, per-token reward exactly as the theory of
+  memoryless sequences assumes (docs: theory/memoryless), with a massive tie at 0. Valences are
+  multiples of 0.1, so ``scale=10`` puts them on the integer lattice
+  (:func:`klrl.memoryless.lattice`). Both packages work offline (optional extra ``real``).
 
   Args:
     k: vocabulary size (the top ``k`` words), or None for the full list.

@@ -1,7 +1,7 @@
 """Memoryless sequences with an additive reward: large deviations, exact laws, BoN ≍ KL-RL.
 
 Tokens are i.i.d. from ``p`` and a length-``n`` sequence has reward ``S_n = sum_i r(y_i)``
-(SPEC section 3; Yang et al., *Asymptotics of Language Model Alignment*, 2024). Everything
+(docs: theory/memoryless; Yang et al., *Asymptotics of Language Model Alignment*, 2024). Everything
 follows from the cumulant generating function ``A(t) = log E_p exp(t r)``:
 
 * Cramer's rate ``I_p(x) = sup_t (t x - A(t))`` of ``S_n / n`` under ``p`` (:func:`rate_function`),

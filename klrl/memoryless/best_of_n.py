@@ -1,4 +1,4 @@
-"""Best-of-N over whole sequences against the KL-RL solution (SPEC section 3).
+"""Best-of-N over whole sequences against the KL-RL solution (docs: theory/memoryless).
 
 A sequence of ``n`` i.i.d. tokens has reward ``S_n``; best-of-N with ``N = e^{n delta}`` and
 the KL-RL solution ``phi_delta^{(x) n}`` at budget ``n delta`` depend on a sequence only
@@ -180,7 +180,7 @@ def _per_token(plan: _Plan, st, kl_t, singular) -> BonVsKL:
 
 @_checks.compiled
 def _bon_stats(plan: _Plan, width: int, window: int) -> BonVsKL:
-  """Best-of-N level law and statistics of SPEC sections 2-3 on the law of ``S_n`` (one compilation)."""
+  """Best-of-N level law and statistics on the law of ``S_n`` (one compilation)."""
   win = _bon_window(plan, width, window)
   log_law = bon.level_law(win.log_pn, log_n=plan.n * plan.delta)
   st = bon.level_stats(win.log_pn, win.level, log_law)
@@ -229,13 +229,15 @@ def bon_vs_kl_lattice(lat: Lattice, delta: Float[Array, "..."], n, *, size: int 
 
 def bon_vs_kl(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Float[Array, "..."], n,
               scale: float = 1.0, *, rounding: bool = False, tilts: int = 10) -> BonVsKL:
-  """Best-of-N over whole sequences with ``N = e^{n delta}`` against the KL-RL solution (SPEC section 3).
+  """Best-of-N over whole sequences with ``N = e^{n delta}`` against the KL-RL solution.
+
+  The asymptotic equivalence it measures is on the theory page (docs: theory/memoryless).
 
   A sequence of ``n`` i.i.d. tokens from ``p`` has reward ``S_n = sum_i r(y_i)``. Best-of-N
   with ``N = e^{n delta}`` draws ``N`` sequences and keeps one of largest ``S_n``; the KL-RL
   solution at budget ``n delta`` is ``phi_delta^{(x) n}``. Both depend on a sequence only through
   ``S_n``, so every quantity reduces to the law of ``S_n`` on its lattice (:func:`klrl.memoryless.sequence_law`):
-  the best-of-N level law of SPEC section 2 with ``log N = n delta`` (:func:`klrl.bon.level_law`,
+  the best-of-N level law (docs: theory/best-of-n) with ``log N = n delta`` (:func:`klrl.bon.level_law`,
   never forming ``N``), ``KL(pi_N || p^n) = sum_s P_N(s) log(P_N(s) / P_n(s))`` and
   ``KL(pi_N || phi^n) = sum_s P_N(s) log(P_N(s) / P_{n,lam}(s))`` with the tilted law
   ``P_{n,lam}(s) = P_n(s) e^{lam s - n A(lam)}``. As ``n -> inf`` the per-token reward, KL and KL

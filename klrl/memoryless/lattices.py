@@ -1,4 +1,4 @@
-"""Rewards on a lattice and the exact law of the sequence reward ``S_n`` (SPEC section 3).
+"""Rewards on a lattice and the exact law of the sequence reward ``S_n`` (docs: theory/memoryless).
 
 :func:`lattice` puts the per-token reward law on its lattice (tokens of equal reward merged,
 gaps divided out); :func:`sequence_law` gives the law of ``S_n = sum_i r(y_i)`` for ``n``
@@ -80,7 +80,7 @@ def lattice(logp: Float[Array, "... v"], reward: Float[Array, "... v"], scale: f
             rounding: bool = False) -> Lattice:
   """The per-token reward law on its lattice: tokens of equal reward merged, gaps divided out.
 
-  The exact sequence law (SPEC section 3) needs rewards on a lattice: ``reward * scale`` must be
+  The exact sequence law (docs: theory/memoryless) needs rewards on a lattice: ``reward * scale`` must be
   integers (to ``1e-6`` relative); otherwise this raises :class:`klrl.InputError`, unless
   ``rounding=True`` asks to round them to the nearest multiple of ``1/scale``. The lattice runs
   from the smallest to the largest reward of positive mass (all rewards when ``logp`` is traced)
@@ -172,7 +172,9 @@ def _sequence_law(log_mass, offset, span, scale, n, tilts, log_floor, window):
 
 
 def sequence_law(lat: Lattice, n: int, *, tilts: int = 16, log_floor: float = -700.0) -> SequenceLaw:
-  """Exact law of the sequence reward ``S_n = sum_i r(y_i)`` of ``n`` i.i.d. tokens (SPEC section 3).
+  """Exact law of the sequence reward ``S_n = sum_i r(y_i)`` of ``n`` i.i.d. tokens.
+
+  The law is described on the theory page (docs: theory/memoryless).
 
   The ``n``-fold convolution of the per-token lattice law, computed by FFT under ``tilts``
   exponential tilts (see the module docstring) placed over the range of ``S_n / n`` where

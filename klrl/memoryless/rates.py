@@ -1,4 +1,5 @@
-"""Large deviations of the per-token reward ``S_n / n`` of a memoryless sequence (SPEC section 3).
+"""Large deviations of the per-token reward ``S_n / n`` of a memoryless sequence
+(docs: theory/memoryless).
 
 Everything follows from the cumulant generating function ``A(t) = log E_p exp(t r)``
 (:func:`cgf`): Cramer's rate ``I_p`` (:func:`rate_function`), the rate ``I_delta`` under the
@@ -58,7 +59,7 @@ def _cum(logp, reward, t, prep=None) -> _cumulants.Cumulants:
 def cgf(logp: Float[Array, "... v"], reward: Float[Array, "... v"], t: Float[Array, "..."]) -> Float[Array, "..."]:
   """Cumulant generating function ``A(t) = log E_p exp(t r)`` of the reward, for real ``t``.
 
-  SPEC section 3. Computed by :func:`klrl.tilted.cumulants` (which takes ``t >= 0``) with the
+  Computed by :func:`klrl.tilted.cumulants` (which takes ``t >= 0``) with the
   reward's sign flipped for ``t < 0``, so it is accurate for small and large ``|t|``.
 
   Args:
@@ -172,9 +173,9 @@ def _rate(where, logp, reward, x) -> _Rate:
 def rate_function(logp: Float[Array, "... v"], reward: Float[Array, "... v"], x: Float[Array, "..."]) -> Float[Array, "..."]:
   """Cramer's rate function ``I_p(x) = sup_t (t x - A(t))`` of ``S_n / n`` under ``p``.
 
-  SPEC section 3: ``P(S_n / n ~ x) = e^{-n I_p(x) + o(n)}``. Convex, zero at ``E_p r``, with
-  ``I_p(x_delta) = delta`` at the mean reward of the KL-RL solution. At the ends of the reward
-  range ``I_p(r_max) = -log p(r = r_max)`` and ``I_p(r_min) = -log p(r = r_min)`` exactly;
+  Cramer's theorem (docs: theory/memoryless): ``P(S_n / n ~ x) = e^{-n I_p(x) + o(n)}``. Convex,
+  zero at ``E_p r``, with ``I_p(x_delta) = delta`` at the mean reward of the KL-RL solution. At
+  the ends of the reward range ``I_p(r_max) = -log p(r = r_max)`` and ``I_p(r_min) = -log p(r = r_min)`` exactly;
   outside ``[r_min, r_max]`` it is ``+inf``. Derivatives are exact and implicit:
   ``I_p'(x) = t*(x)``, ``I_p''(x) = 1 / A''(t*)``, and those in ``logp`` and ``reward`` follow
   from the envelope theorem. At the two ends, where ``I_p'`` is infinite, the derivative in
@@ -205,9 +206,9 @@ def tilted_rate_function(logp: Float[Array, "... v"], reward: Float[Array, "... 
                          x: Float[Array, "..."]) -> Float[Array, "..."]:
   """Rate function of ``S_n / n`` under the KL-RL solution ``phi_delta^{(x) n}``.
 
-  SPEC section 3: ``I_delta(x) = sup_t (t x - Lambda_delta(t)) = I_p(x) - delta - lam_delta (x -
-  x_delta)``; zero only at ``x_delta = R(delta)``, ``I_delta''(x_delta) = 1 / Var_phi(r)``,
-  ``+inf`` outside ``[r_min, r_max]``. Computed directly as Cramer's rate under ``phi_delta``
+  By the theory (docs: theory/memoryless),
+  ``I_delta(x) = sup_t (t x - Lambda_delta(t)) = I_p(x) - delta - lam_delta (x - x_delta)``; zero
+  only at ``x_delta = R(delta)``, ``I_delta''(x_delta) = 1 / Var_phi(r)``, ``+inf`` outside ``[r_min, r_max]``. Computed directly as Cramer's rate under ``phi_delta``
   (so it keeps its relative accuracy near ``x_delta``); the identity with ``I_p`` is a check.
   Saturated budgets (``delta >= delta_max``) give ``0`` at ``r_max`` and ``+inf`` elsewhere.
 
@@ -227,9 +228,9 @@ def scgf(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta: Floa
          t: Float[Array, "..."]) -> Float[Array, "..."]:
   """Scaled cumulant generating function ``Lambda_delta(t) = A(lam_delta + t) - A(lam_delta)``.
 
-  SPEC section 3: ``(1/n) log E exp(t S_n) = Lambda_delta(t)`` under ``phi_delta^{(x) n}``, for
-  every ``n``. Computed as the cumulant generating function of ``r`` under ``phi_delta``
-  (accurate for small ``t``); saturated budgets give ``t r_max``.
+  By the theory (docs: theory/memoryless), ``(1/n) log E exp(t S_n) = Lambda_delta(t)`` under
+  ``phi_delta^{(x) n}``, for every ``n``. Computed as the cumulant generating function of ``r``
+  under ``phi_delta`` (accurate for small ``t``); saturated budgets give ``t r_max``.
 
   Args:
     logp: reference log-probabilities over the last axis.
@@ -249,7 +250,7 @@ def scgf_renyi(logp: Float[Array, "... v"], reward: Float[Array, "... v"], delta
 
   With ``q_r = softmax(r)`` and ``H_alpha(p || q) = log(sum p q^(alpha-1)) / (1 - alpha)``
   (:func:`klrl.divergences.renyi_cross_entropy`), ``A(s) = s log sum e^r - s H_{1+s}(p || q_r)``,
-  so (SPEC section 3)::
+  so (docs: theory/memoryless)::
 
       Lambda_delta(t) = t log sum e^r + lam H_{1+lam}(p || q_r) - (lam + t) H_{1+lam+t}(p || q_r).
 
@@ -345,9 +346,9 @@ def scaled_cumulants(logp: Float[Array, "... v"], reward: Float[Array, "... v"],
                      order: int = 4) -> Float[Array, "... k"]:
   """Scaled cumulants ``kappa_k(S_n) / n = A^{(k)}(lam_delta)``, ``k = 1..order``, under ``phi_delta^{(x) n}``.
 
-  SPEC section 3. The derivatives at ``t = 0`` of the scaled cumulant generating function
-  ``Lambda_delta(t) = log E_phi exp(t r)`` (:func:`scgf`), taken by nested forward-mode automatic
-  differentiation of its log-sum-exp form with the reward centred at ``x_delta`` (so that the
+  The derivatives (docs: theory/memoryless) at ``t = 0`` of the scaled cumulant generating
+  function ``Lambda_delta(t) = log E_phi exp(t r)`` (:func:`scgf`), taken by nested forward-mode
+  automatic differentiation of its log-sum-exp form with the reward centred at ``x_delta`` (so that the
   derivatives of order ``>= 2`` are central moments combinations without cancellation):
   ``k = 1`` is the mean ``x_delta``, ``k = 2`` the variance, ``k = 3`` the third central moment.
 

@@ -29,23 +29,33 @@ Axis forms: a list of values; ``{ values = [...] }``; ``{ range = [start, stop] 
 ``{ logrange = [start, stop, num] }`` (``0 < start, stop``); ``{ seeds = N }`` (optionally
 ``start = S``). Parameters an experiment declares with a default may be omitted.
 
+Overrides (``klrl sweep CONFIG --set grid.delta=[0.1,0.2] --set fixed.vocab=64``) are
+``KEY=VALUE`` strings applied to the parsed file before it is checked: ``KEY`` is a dotted path
+into the configuration table, ``VALUE`` a TOML value (a bare word such as ``zipf`` is taken as a
+string). Setting ``grid.X`` drops a ``fixed.X`` and the other way round, so an override can
+sweep a parameter the file holds fixed.
+
 :func:`load` checks the whole file and raises one :class:`ConfigError` listing every problem,
-each with its key path and what was expected.
+each with its key path and what was expected, the conditions between parameters that the
+experiment declares (:class:`~klrl.sweep.experiments.Limit`) included.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from klrl.sweep.experiments import EXPERIMENTS, Param
+from klrl.sweep.experiments import EXPERIMENTS, Experiment, Param
 
-__all__ = ["ConfigError", "Config", "load", "parse", "from_dict"]
+__all__ = ["ConfigError", "Config", "load", "parse", "from_dict", "override"]
 
 _TOP = ("experiment", "description", "zip", "fixed", "grid", "run", "distributed")
 _RUN = dict(chunk_size=1024, precision="float64", out=None)
@@ -115,33 +125,98 @@ class Config(NamedTuple):
 
 def _factors(cfg: Config) -> list[tuple[str, ...]]:
   """The crossed factors in file order: a zip group or a single axis."""
+  return _crossed(cfg.axes, cfg.zip)
+
+
+def _crossed(axes, zipped) -> list[tuple[str, ...]]:
   out, seen = [], set()
-  for name in cfg.axes:
+  for name in axes:
     if name in seen:
       continue
-    group = next((g for g in cfg.zip if name in g), (name,))
+    group = next((g for g in zipped if name in g), (name,))
     seen.update(group)
     out.append(tuple(group))
   return out
 
 
-def load(path: str | Path) -> Config:
-  """Reads and checks a TOML sweep configuration; raises :class:`ConfigError` with every problem."""
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+  """Reads and checks a TOML sweep configuration.
+
+  Args:
+    path: the TOML file.
+    overrides: ``KEY=VALUE`` strings applied before the check (see :func:`override`).
+
+  Returns:
+    The checked :class:`Config`; its ``source`` names the file and the overrides.
+
+  Raises:
+    ConfigError: listing every problem of the file and the overrides, with its key path.
+  """
   path = Path(path)
   try:
     text = path.read_text()
   except OSError as e:
     raise ConfigError(str(path), [("(file)", f"cannot be read: {e.strerror or e}")]) from None
-  return parse(text, str(path))
+  return parse(text, str(path), overrides)
 
 
-def parse(text: str, source: str = "<string>") -> Config:
+def parse(text: str, source: str = "<string>", overrides: Sequence[str] = ()) -> Config:
   """Parses TOML text (see :func:`load`)."""
   try:
     raw = tomllib.loads(text)
   except tomllib.TOMLDecodeError as e:
     raise ConfigError(source, [("(file)", f"not valid TOML: {e}")]) from None
-  return from_dict(raw, source)
+  return from_dict(raw, source, overrides)
+
+
+_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def override(raw: dict, overrides: Sequence[str]) -> tuple[dict, list[tuple[str, str]]]:
+  """Applies ``KEY=VALUE`` overrides to a parsed configuration (left unchanged).
+
+  ``KEY`` is a dotted path of bare keys (``grid.delta``, ``run.chunk_size``); ``VALUE`` is read
+  as a TOML value (``[0.1, 0.2]``, ``64``, ``{ seeds = 4 }``, ``"zipf"``), a bare word that is
+  not one (``zipf``) as a string. The value replaces whatever the path held; tables on the way
+  are created. Setting ``grid.X`` drops ``fixed.X``, and the other way round.
+
+  Returns:
+    The new configuration dict and the problems met, as ``("--set KEY=VALUE", message)``.
+  """
+  raw, errors = copy.deepcopy(raw), []
+  for item in overrides:
+    where = f"--set {item}"
+    key, eq, text = (part.strip() for part in item.partition("="))
+    if not eq or not _KEY.fullmatch(key):
+      errors.append((where, "expected KEY=VALUE with KEY a dotted path of the configuration, e.g. grid.delta=[0.1, 0.2]"))
+      continue
+    try:
+      value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError as e:
+      if not _WORD.fullmatch(text):
+        errors.append((where, f"the value is not a TOML value ({e}); quote strings with spaces or symbols"))
+        continue
+      value = text
+    *parents, leaf = key.split(".")
+    table = raw
+    for i, k in enumerate(parents):
+      table = table.setdefault(k, {})
+      if not isinstance(table, dict):
+        errors.append((where, f"{'.'.join(parents[:i + 1])} is a {_kind(table)}, not a table"))
+        break
+    else:
+      table[leaf] = value
+      if len(parents) == 1 and parents[0] in ("fixed", "grid"):
+        other = raw.get("grid" if parents[0] == "fixed" else "fixed")
+        if isinstance(other, dict):
+          other.pop(leaf, None)
+  return raw, errors
+
+
+def _described(source: str, overrides: Sequence[str]) -> str:
+  """``source`` followed by its overrides, as given on the command line."""
+  return " ".join([source, *(f"--set {o}" for o in overrides)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +335,45 @@ def _axis(name: str, spec, err) -> list | None:
   return values
 
 
+def _show(v) -> str:
+  return repr(v.item() if isinstance(v, np.generic) else v)
+
+
+def _limits(exp: Experiment, fixed: dict, axes: dict, zipped: tuple, fixed_raw: dict, err) -> None:
+  """Reports each :class:`~klrl.sweep.experiments.Limit` of the experiment that some grid point breaks.
+
+  Each limit is evaluated once on every combination of the values of the axes it involves
+  (zipped axes move together), and reported at the first failing one, counting the others.
+  Limits on a parameter with an error of its own are skipped.
+  """
+  def path(k):
+    return f"grid.{k}" if k in axes else f"fixed.{k}"
+
+  for lim in exp.limits:
+    if not all((k in axes) != (k in fixed) for k in lim.params):
+      continue
+    swept = [k for k in lim.params if k in axes]
+    factors = [f for f in _crossed(axes, zipped) if set(f) & set(swept)]
+    lengths = [len(axes[f[0]]) for f in factors]
+    index = np.indices(lengths).reshape(len(factors), math.prod(lengths))
+    values = {k: fixed[k] for k in lim.params if k in fixed}
+    for f, i in zip(factors, index):
+      values.update((k, np.asarray(axes[k])[i]) for k in f if k in swept)
+    ok = np.broadcast_to(np.asarray(lim.check(values), bool), index.shape[1:])
+    bad = np.flatnonzero(~ok)
+    if not bad.size:
+      continue
+    blamed = (swept or [k for k in lim.params if k in fixed_raw] or list(lim.params))[0]
+    at = {k: (v[bad[0]] if k in swept else v) for k, v in values.items()}
+    shown = {k: _show(v) if k == blamed else
+             f"{path(k)} = {_show(v)}" + ("" if k in axes or k in fixed_raw else " (default)") for k, v in at.items()}
+    msg = lim.violation.format(**shown)
+    if bad.size > 1:
+      msg += (f"; {bad.size} of its {ok.size} values fail" if len(swept) == 1 else
+              f"; {bad.size} of the {ok.size} combinations of {', '.join(map(path, swept))} fail")
+    err(path(blamed), msg)
+
+
 def _table(raw, key, err) -> dict:
   t = raw.get(key, {})
   if not isinstance(t, dict):
@@ -268,9 +382,10 @@ def _table(raw, key, err) -> dict:
   return t
 
 
-def from_dict(raw: dict, source: str = "<dict>") -> Config:
+def from_dict(raw: dict, source: str = "<dict>", overrides: Sequence[str] = ()) -> Config:
   """Checks a configuration given as the dict TOML parses to (see :func:`load`)."""
-  errors: list[tuple[str, str]] = []
+  raw, errors = override(raw, overrides)
+  source = _described(source, overrides)
 
   def err(path, msg):
     errors.append((path, msg))
@@ -378,6 +493,8 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
       else:
         resolved[key] = p.default
     fixed = resolved
+    if not any(path.startswith("zip") for path, _ in errors):
+      _limits(exp, fixed, axes, tuple(groups), fixed_raw, err)
 
   # [run]
   run = dict(_RUN)

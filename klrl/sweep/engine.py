@@ -162,7 +162,8 @@ def describe(cfg: Config) -> str:
   grid = expand(cfg)
   chunks = plan(cfg, grid)
   groups = sorted({_static(cfg, c) for c in chunks})
-  lines = [f"experiment {cfg.experiment}: {grid.size} grid points, {len(chunks)} chunks of at most "
+  lines = [f"{cfg.source}:",
+           f"experiment {cfg.experiment}: {grid.size} grid points, {len(chunks)} chunks of at most "
            f"{cfg.chunk_size}, {len(groups)} compiled kernel(s), {cfg.precision}, digest {cfg.digest()}"]
   lines += [f"  swept {k}: {len(v)} values [{v[0]!r} .. {v[-1]!r}]" for k, v in cfg.axes.items()]
   lines += [f"  zipped: {', '.join(g)}" for g in cfg.zip]
@@ -204,6 +205,7 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
   manifest["runs"].append(record)
   store.write_manifest(out, proc, manifest)
 
+  kernels = list(dict.fromkeys(_static(cfg, c) for c in todo))   # to compile (or load from the cache), in order
   label = "sweep" if nproc == 1 else f"sweep p{proc}/{nproc}"
   progress = Progress(sum(len(c.points) for c in todo), len(todo), label=label, quiet=quiet, stream=stream)
   header, digest = store.header(cfg), cfg.digest()
@@ -237,6 +239,8 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
       key = _static(cfg, chunk)
       f, sharding, point = kernel(cfg.experiment, key, cfg.precision, devices)
       arrays = jax.device_put(inputs(cfg, grid, chunk, batches[key]), sharding)
+      if key not in seen:
+        progress.compiling(kernels.index(key) + 1, len(kernels), ", ".join(f"{k}={v}" for k, v in chunk.static.items()))
       t = time.perf_counter()
       try:
         outputs = f(arrays)                 # asynchronous; the first call of a group compiles
@@ -244,6 +248,7 @@ def run(cfg: Config, out: str | Path, *, quiet: bool = False, stream: TextIO | N
         if pending is not None:
           finish(*pending)
         raise ChunkFailed.of(chunk, e) from None
+      progress.compiled()
       compile_seconds = time.perf_counter() - t if key not in seen else 0.0
       compiling += compile_seconds
       seen.add(key)
@@ -344,7 +349,8 @@ def report(summary: Summary) -> str:
           f"points in {summary.computed_chunks} chunks ({summary.skipped_chunks} already done) in "
           f"{duration(summary.seconds)}, {rate:,.0f} points/s; results in {summary.out}")
   if summary.merged is not None:
-    text += f"\nklrl sweep: merged {summary.merged.rows} rows into {summary.merged.results} and {summary.merged.manifest}"
+    m = summary.merged
+    text += f"\nklrl sweep: merged {m.rows} rows into {m.results}{f', {m.parquet.name}' if m.parquet else ''} and {m.manifest}"
   elif summary.process == 0:
     text += ("\nklrl sweep: some chunks are not in this directory (other hosts' shards?); gather them with "
              f"`klrl merge {summary.out} OTHER_DIRS...`")

@@ -4,8 +4,8 @@ An experiment maps a mapping of scalar parameters to a dict of scalar outputs. P
 declared with :class:`Param`: *static* ones (sizes, choices, flags) are Python values fixed
 for a compiled kernel, *traced* ones (budgets, temperatures, seeds) are 0-d arrays, so the
 engine ``vmap``\\ s the function over the points of a chunk inside one ``jit``. Everything a
-sweep needs to know about an experiment (the schema of its parameters, its outputs) is in its
-declaration; the configuration check and the engine read nothing else.
+sweep needs to know about an experiment (the schema of its parameters, the conditions between
+them, its outputs) is in its declaration; the configuration check and the engine read nothing else.
 
 Adding an experiment for another module is one decorated function::
 
@@ -15,6 +15,11 @@ Adding an experiment for another module is one decorated function::
       logp, reward = instance(p, dtype)
       s = bon.stats(logp, reward, p["n"])
       return dict(kl=s.kl, mean_reward=s.mean_reward, win_rate=s.win_rate)
+
+A condition between parameters (a length at most a buffer size, say) is a :class:`Limit`,
+checked for every grid point when the configuration is loaded::
+
+    limits=(Limit(("n", "n_max"), lambda v: v["n"] <= v["n_max"], "{n} exceeds {n_max}"),)
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from jaxtyping import Array, Float
 
 from klrl import bon, chains, memoryless, problems, rlvr, tilted
 
-__all__ = ["Param", "Experiment", "EXPERIMENTS", "experiment", "INSTANCE", "instance"]
+__all__ = ["Param", "Limit", "Experiment", "EXPERIMENTS", "experiment", "INSTANCE", "instance"]
 
 REQUIRED = object()
 
@@ -60,20 +65,45 @@ class Param(NamedTuple):
     return self.default is REQUIRED
 
 
+class Limit(NamedTuple):
+  """A condition between parameters that every grid point must meet (checked by :func:`klrl.sweep.config.load`).
+
+  Attributes:
+    params: the parameters it involves; a violation is reported at the key path of the first
+      one that is swept (else the first).
+    check: ``check(values) -> bool``, ``values`` mapping each of ``params`` to a value or to a
+      NumPy array of values (so it must broadcast: ``lambda v: v["n"] <= v["n_max"]``).
+    violation: what a failing point is, ``{name}`` standing for a parameter's value
+      (``"{n} exceeds {n_max}"``).
+  """
+  params: tuple[str, ...]
+  check: Callable[[Mapping[str, Any]], Any]
+  violation: str
+
+
 class Experiment(NamedTuple):
-  """A registered experiment: ``fn(params, dtype) -> {output: 0-d array}``."""
+  """A registered experiment: ``fn(params, dtype) -> {output: 0-d array}``, with the
+  limits (:class:`Limit`) its parameters must meet."""
   name: str
   fn: Callable[[Mapping[str, Any], Any], dict[str, Array]]
   params: dict[str, Param]
   outputs: tuple[str, ...]
   doc: str
+  limits: tuple[Limit, ...] = ()
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
-def experiment(name: str, *, params: dict[str, Param], outputs: tuple[str, ...]):
-  """Registers ``fn(params, dtype) -> dict`` under ``name`` (``"<module>.<what>"``)."""
+def experiment(name: str, *, params: dict[str, Param], outputs: tuple[str, ...], limits: tuple[Limit, ...] = ()):
+  """Registers ``fn(params, dtype) -> dict`` under ``name`` (``"<module>.<what>"``).
+
+  Args:
+    name: the name configurations give in ``experiment``.
+    params: its parameters.
+    outputs: the names of the outputs ``fn`` returns.
+    limits: conditions between parameters that every grid point must meet.
+  """
   def register(fn):
     clash = set(params) & set(outputs)
     if clash:
@@ -81,7 +111,10 @@ def experiment(name: str, *, params: dict[str, Param], outputs: tuple[str, ...])
     traced = [k for k, p in params.items() if p.type in (str, bool) and not p.static]
     if traced:
       raise ValueError(f"experiment {name}: string and boolean parameters {traced} must be static")
-    EXPERIMENTS[name] = Experiment(name, fn, dict(params), tuple(outputs), (fn.__doc__ or "").strip())
+    unknown = [k for lim in limits for k in lim.params if k not in params]
+    if unknown:
+      raise ValueError(f"experiment {name}: limits name {unknown}, which are not parameters")
+    EXPERIMENTS[name] = Experiment(name, fn, dict(params), tuple(outputs), (fn.__doc__ or "").strip(), tuple(limits))
     return fn
   return register
 
@@ -111,7 +144,7 @@ def instance(p: Mapping[str, Any], dtype) -> tuple[Float[Array, "v"], Float[Arra
 
 
 # ---------------------------------------------------------------------------------------------
-# klrl.tilted (SPEC section 1).
+# klrl.tilted (docs: theory/tilted).
 
 @experiment(
     "tilted.frontier",
@@ -141,7 +174,7 @@ def tilted_stats(p, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# klrl.bon (SPEC section 2).
+# klrl.bon (docs: theory/best-of-n).
 
 @experiment(
     "bon.stats",
@@ -156,7 +189,7 @@ def bon_stats(p, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# klrl.memoryless (SPEC section 3).
+# klrl.memoryless (docs: theory/memoryless).
 
 THREE_LETTERS = ((0.5, 0.3, 0.2), (0.0, 1.0, 3.0))   # reference and rewards of the 'three' instance
 
@@ -173,7 +206,8 @@ THREE_LETTERS = ((0.5, 0.3, 0.2), (0.0, 1.0, 3.0))   # reference and rewards of 
                 delta=Param(float, low=0.0, doc="per-token KL budget Δ (N = e^{nΔ} sequences)"),
                 n=Param(int, low=1, doc="sequence length n <= n_max"),
                 n_max=Param(int, static=True, default=1000, low=1, doc="largest sequence length (sizes the buffers)")),
-    outputs=("mean_reward", "kl", "kl_to_tilted", "win_rate", "target_reward", "lam", "predicted_gap"))
+    outputs=("mean_reward", "kl", "kl_to_tilted", "win_rate", "target_reward", "lam", "predicted_gap"),
+    limits=(Limit(("n", "n_max"), lambda v: v["n"] <= v["n_max"], "{n} exceeds {n_max} (the buffers hold n <= n_max)"),))
 def memoryless_bon_vs_kl(p, dtype):
   """Best-of-e^{nΔ} over sequences of n i.i.d. tokens against the KL-RL solution, per token."""
   # Rewards are NumPy constants: the lattice's size depends on their values, not on traced ones.
@@ -191,7 +225,7 @@ def memoryless_bon_vs_kl(p, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# klrl.chains (SPEC section 4).
+# klrl.chains (docs: theory/chains).
 
 @experiment(
     "chains.gap",
@@ -212,7 +246,7 @@ def chains_gap(p, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# klrl.rlvr (SPEC section 5).
+# klrl.rlvr (docs: theory/rlvr).
 
 @experiment(
     "rlvr.flow",
@@ -224,7 +258,11 @@ def chains_gap(p, dtype):
                 entropy_wrong=Param(float, default=0.9, low=0.0, high=1.0, doc="entropy of p(.|wrong), fraction of max"),
                 beta=Param(float, positive=True, doc="KL coefficient beta > 0"),
                 t=Param(float, low=0.0, doc="time along natural-gradient flow")),
-    outputs=("accuracy_t", "target", "gap", "kl_forward", "kl_reverse", "kl_reference", "entropy"))
+    outputs=("accuracy_t", "target", "gap", "kl_forward", "kl_reverse", "kl_reference", "entropy"),
+    limits=(Limit(("num_correct", "responses"), lambda v: v["num_correct"] < v["responses"],
+                  "{num_correct} is not below {responses} (a prompt needs a wrong response)"),
+            Limit(("accuracy",), lambda v: (v["accuracy"] > 0) & (v["accuracy"] < 1),
+                  "{accuracy} is not strictly between 0 and 1 (both kinds of response need mass)")))
 def rlvr_flow(p, dtype):
   """Natural-gradient flow from the reference in closed form: accuracy, gap, Bernoulli KLs, entropy."""
   prob = rlvr.random_problem(jax.random.PRNGKey(p["seed"]), 1, p["responses"], num_correct=p["num_correct"],

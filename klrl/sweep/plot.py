@@ -63,7 +63,8 @@ def plot(results: str | Path, x: str, y: str, group: str | None = None, *, where
     y: column on the vertical axis (numeric).
     group: column whose values get one line each (optional).
     where: keep only rows whose column equals the given value (numbers compared as numbers).
-    out: PNG path (default: ``<results dir>/plots/<y>_vs_<x>[_by_<group>].png``).
+    out: PNG path (default: ``<results dir>/plots/<y>_vs_<x>[_by_<group>][_logx][_logy].png``, so
+      the linear and the logarithmic figures of the same columns sit side by side).
     logx, logy: logarithmic axes.
 
   Returns:
@@ -112,7 +113,8 @@ def plot(results: str | Path, x: str, y: str, group: str | None = None, *, where
   if group:
     ax.legend(fontsize=7, ncol=1 + len(set(labels)) // 12)
   if out is None:
-    name = f"{y}_vs_{x}" + (f"_by_{group}" if group else "") + ".png"
+    scales = ("_logx" if logx else "") + ("_logy" if logy else "")
+    name = f"{y}_vs_{x}" + (f"_by_{group}" if group else "") + scales + ".png"
     out = _results_path(results).parent / "plots" / name
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ Layout of a results directory::
     log-p0.jsonl        one JSON line per chunk finished by process 0 (its run, timing, rows)
     manifest-p0.json    runs of process 0: start/end, status, devices, hosts, package versions
     results.csv         the merged table: every grid point once, sorted by its index ``point``
+    results.parquet     the same table with typed columns (if pyarrow is installed; see klrl.sweep.frames)
     manifest.json       the merged manifest: configuration, versions, runs, per-chunk timings
 
 Every file is written to a temporary name and moved into place with :func:`os.replace`, so a
@@ -30,6 +31,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,7 +46,7 @@ __all__ = ["SweepError", "Merged", "prepare", "completed", "check_chunk", "write
 
 _CHUNK = re.compile(r"c(\d+)\.csv")
 _TAG = re.compile(r"# klrl sweep chunk (\d+) of ([0-9a-f]{16}): (\d+) rows")
-_KNOWN = re.compile(r"sweep\.json|chunks|plots|results\.csv|manifest\.json|log-p\d+\.jsonl|manifest-p\d+\.json|\..*\.tmp")
+_KNOWN = re.compile(r"sweep\.json|chunks|plots|results\.(csv|parquet)|manifest\.json|log-p\d+\.jsonl|manifest-p\d+\.json|\..*\.tmp")
 
 
 class SweepError(RuntimeError):
@@ -52,10 +54,12 @@ class SweepError(RuntimeError):
 
 
 class Merged(NamedTuple):
-  """Result of :func:`merge`: the table and manifest written, and the number of rows."""
+  """Result of :func:`merge`: the table and manifest written, the number of rows, and the
+  typed table (``None`` when pyarrow is not installed)."""
   results: Path
   manifest: Path
   rows: int
+  parquet: Path | None = None
 
 
 def now() -> str:
@@ -322,9 +326,13 @@ def write_manifest(out: Path, process: int, manifest: dict) -> None:
 def merge(dirs: list[str | Path], out: str | Path | None = None) -> Merged:
   """Merges the chunk files of one sweep, from one directory or one per host, into one table.
 
+  Writes ``results.csv``, ``manifest.json`` and, when pyarrow is installed, ``results.parquet``
+  (typed columns: :mod:`klrl.sweep.frames`); without pyarrow one line on standard error says how
+  to get it, and a ``results.parquet`` left by an earlier merge is removed.
+
   Args:
     dirs: results directories of the same configuration (on a shared file system, one).
-    out: where to write ``results.csv`` and ``manifest.json`` (default: the first directory).
+    out: where to write the table and the manifest (default: the first directory).
 
   Returns:
     The paths written and the number of rows.
@@ -371,6 +379,7 @@ def merge(dirs: list[str | Path], out: str | Path | None = None) -> Merged:
   out.mkdir(parents=True, exist_ok=True)
   results = out / "results.csv"
   write_atomic(results, buf.getvalue())
+  parquet = _write_parquet(out / "results.parquet", cfg, header(cfg), [rows[i] for i in order])
 
   entries, processes = {}, []
   for d in dict.fromkeys(d.resolve() for d in dirs):
@@ -396,4 +405,16 @@ def merge(dirs: list[str | Path], out: str | Path | None = None) -> Merged:
   for d in dirs:
     for tmp in (d / "chunks").glob(".*.tmp"):
       tmp.unlink(missing_ok=True)
-  return Merged(results, manifest_path, len(rows))
+  return Merged(results, manifest_path, len(rows), parquet)
+
+
+def _write_parquet(path: Path, cfg: Config, names: list[str], rows: list[list[str]]) -> Path | None:
+  """The typed table as ``path``; without pyarrow, a line on stderr and no (stale) file."""
+  from klrl.sweep import frames
+  columns = frames.typed({k: [r[j] for r in rows] for j, k in enumerate(names)}, frames.kinds(cfg), path)
+  if frames.write_parquet(path, columns, {"klrl.digest": cfg.digest()}):
+    return path
+  path.unlink(missing_ok=True)
+  print(f"klrl merge: {path.name} not written: pyarrow is not installed ({frames.INSTALL}); results.csv has "
+        "every row", file=sys.stderr, flush=True)
+  return None

@@ -1,4 +1,4 @@
-"""Report section: best-of-N, its bounds, and best-of-N against the KL-RL frontier (SPEC §2)."""
+"""Report section: best-of-N, its bounds, and best-of-N against the KL-RL frontier (docs: theory/best-of-n)."""
 from __future__ import annotations
 
 import jax
@@ -6,9 +6,17 @@ import numpy as np
 
 from klrl import bon, divergences, problems, tilted
 from klrl.report import Check, Context, Section
+from klrl.report.config import integer
 from klrl.report.plotting import plt, save
 
-TITLE = "Best-of-N: exact laws, bounds, and best-of-N against the KL-RL frontier (SPEC §2)"
+TITLE = "Best-of-N: exact laws, bounds, and best-of-N against the KL-RL frontier"
+DOCS = "theory/best-of-n.md"
+PAPERS = (
+    "Beirami et al., *Theoretical guarantees on the best-of-n alignment policy* (2024)",
+    "Gui, Gârbacea, Veitch, *BoNBoN alignment* (2024)",
+    "Verdun et al., *Soft best-of-n sampling* (2025)",
+    "Yang, Salamatian, Sun, Suresh, Beirami, *Asymptotics of Language Model Alignment* (2024)",
+)
 
 
 def _pad(width, lp, r):
@@ -36,13 +44,21 @@ def _np(x):
   return jax.tree.map(np.asarray, x)
 
 
+OPTIONS = {
+    "instances": integer(256, "random reference/reward instances per check (half with tied rewards)", low=4),
+    "vocab": integer(40, "support size of the random instances", low=4),
+    "mc_samples": integer(100_000, "explicit best-of-N samples per row in the Monte Carlo check", low=1000),
+    "seed": integer(0, "random seed", low=0),
+}
+
+
 def run(cfg: dict, ctx: Context) -> Section:
-  m, vocab = int(cfg.get("instances", 256)), int(cfg.get("vocab", 40))
-  num = int(cfg.get("mc_samples", 100_000))
+  m, vocab = cfg["instances"], cfg["vocab"]
+  num = cfg["mc_samples"]
   if ctx.scale:
     m, vocab, num = m * 16, vocab * 64, num * 10
-  rng = np.random.default_rng(int(cfg.get("seed", 0)))
-  sec = Section("bon", TITLE, text=(
+  rng = np.random.default_rng(cfg["seed"])
+  sec = Section("bon", TITLE, docs=DOCS, papers=PAPERS, text=(
       "Best-of-N keeps the best of N draws from p; on the reward levels its law is "
       "`P_N(k) = F_k^N - F-_k^N`, evaluated in log space for real N (up to 1e300 here). "
       "`log N - (N-1)/N` is an **upper bound** on its KL, attained only without atoms: with "
@@ -53,7 +69,7 @@ def run(cfg: dict, ctx: Context) -> Section:
       "with ties."))
 
   # ---- random instances: half with exact ties, all with zero-mass outputs
-  key = jax.random.PRNGKey(int(cfg.get("seed", 0)))
+  key = jax.random.PRNGKey(cfg["seed"])
   logp, r = (np.array(x) for x in problems.random_problem(key, m, vocab, zero_mass=2))
   half = m // 2
   r[half:] = np.round(r[half:] * 4) / 4              # exact ties (as problems.random_problem(ties=4))

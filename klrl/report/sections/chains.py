@@ -1,4 +1,4 @@
-"""Report section: self-correcting models as Markov chains (SPEC §4).
+"""Report section: self-correcting models as Markov chains (docs: theory/chains).
 
 All checks run on one batch of chains of one size, which holds the chains of the figures too
 (a line of responses at several beta, the epsilon grid of a violating chain), so that every
@@ -11,13 +11,18 @@ import numpy as np
 
 from klrl import chains
 from klrl.report import Check, Context, Section
+from klrl.report.config import integer, reals
 from klrl.report.plotting import plt, save
 
-TITLE = "Self-correcting models as Markov chains (SPEC §4)"
+TITLE = "Self-correcting models as Markov chains"
+DOCS = "theory/chains.md"
+PAPERS = (
+    "Tan, Hong, *A Theoretical Lens for RL-Tuned Language Models via Energy-Based Models* (2025, arXiv:2512.18730)",
+)
 
 
 def _random_chains(seeds_ref, seeds_rew, eps_ref, eps_rew, m):
-  """Random chains of SPEC §4: reference from a (perturbed) joint, (perturbed) transition reward."""
+  """Random chains of the chains theory: reference from a (perturbed) joint, (perturbed) transition reward."""
   key = jax.random.PRNGKey
   logp = [chains.reference_from_joint(chains.random_joint(key(int(s)), m, e)) for s, e in zip(seeds_ref, eps_ref)]
   reward = [chains.random_reward(key(int(s)), m, e).reward for s, e in zip(seeds_rew, eps_rew)]
@@ -31,15 +36,25 @@ def _line(m):
   return np.asarray(chains.reference_from_joint(joint)), 3.0 * s / (m - 1)
 
 
+OPTIONS = {
+    "instances": integer(64, "chains per batch (the figures' chains included)", low=4),
+    "states": integer(10, "states of every chain", low=3),
+    "rounds": integer(80, "refinement rounds of the relaxation checks", low=1),
+    "betas": reals([0.25, 0.5, 1.0, 2.0], "beta values of the line of responses", low=1e-6),
+    "epsilons": reals([0.0, 0.05, 0.1, 0.2, 0.4, 0.8], "sizes of the assumption violations", low=0.0, high=1.0),
+    "seed": integer(0, "random seed", low=0),
+}
+
+
 def run(cfg: dict, ctx: Context) -> Section:
-  n, m, rounds = int(cfg.get("instances", 64)), int(cfg.get("states", 10)), int(cfg.get("rounds", 80))
-  betas = np.asarray([float(b) for b in cfg.get("betas", [0.25, 0.5, 1.0, 2.0])])
-  eps_grid = np.asarray([float(e) for e in cfg.get("epsilons", [0.0, 0.05, 0.1, 0.2, 0.4, 0.8])])
-  seed = int(cfg.get("seed", 0))
+  n, m, rounds = cfg["instances"], cfg["states"], cfg["rounds"]
+  betas = np.asarray(cfg["betas"])
+  eps_grid = np.asarray(cfg["epsilons"])
+  seed = cfg["seed"]
   if ctx.scale:
     n, m = n * 16, m * 4
   nb, ne = len(betas), len(eps_grid)
-  sec = Section("chains", TITLE, text=(
+  sec = Section("chains", TITLE, docs=DOCS, papers=PAPERS, text=(
       "The RL-tuned refinement kernel `K(s'|s) ∝ p(s'|s) exp(r(s,s')/beta)` of a reversible "
       "reference and a potential reward is in detailed balance with `e^V`, "
       "`V = log mu + Phi/beta + log Z`, so `pi ∝ e^V`. Checks run in float64 on a batch of "

@@ -1,4 +1,4 @@
-"""Report section: memoryless sequences, large deviations, and best-of-N ≍ KL-RL (SPEC §3)."""
+"""Report section: memoryless sequences, large deviations, and best-of-N ≍ KL-RL (docs: theory/memoryless)."""
 from __future__ import annotations
 
 import jax
@@ -7,9 +7,14 @@ import numpy as np
 
 from klrl import memoryless, tilted
 from klrl.report import Check, Context, Section
+from klrl.report.config import integer, real
 from klrl.report.plotting import plt, save
 
-TITLE = "Memoryless sequences: large deviations and best-of-N ≍ KL-RL (SPEC §3)"
+TITLE = "Memoryless sequences: large deviations and best-of-N ≍ KL-RL"
+DOCS = "theory/memoryless.md"
+PAPERS = (
+    "Yang, Salamatian, Sun, Suresh, Beirami, *Asymptotics of Language Model Alignment* (2024)",
+)
 REQUIRES = ("wordfreq", "vaderSentiment")   # the English/VADER instance (extra `real`)
 
 THREE = (np.log([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 3.0]))
@@ -24,19 +29,31 @@ def _np(x):
   return jax.tree.map(np.asarray, x)
 
 
+OPTIONS = {
+    "instances": integer(61, "random supports for the rate-function checks (plus the three instances)", low=4),
+    "vocab": integer(8, "their support size (rewards on a quarter grid, so with ties)", low=2),
+    "n_max": integer(100_000, "largest sequence length for the Bernoulli and 3-letter instances", low=16),
+    "n_max_english": integer(1000, "largest sequence length for the English/VADER instance", low=16),
+    "english_words": integer(0, "vocabulary of the English instance: the top k words, 0 for all (~3.2e5)", low=0),
+    "rate_points": integer(201, "points on each rate-function curve", low=3),
+    "bernoulli_p": real(0.3, "success probability of the Bernoulli token", low=1e-6, high=1 - 1e-6),
+    "seed": integer(0, "random seed", low=0),
+}
+
+
 def run(cfg: dict, ctx: Context) -> Section:
-  m, vocab = int(cfg.get("instances", 61)), int(cfg.get("vocab", 8))
-  n_max, n_english = int(cfg.get("n_max", 100_000)), int(cfg.get("n_max_english", 3000))
-  k_english = int(cfg.get("english_words", 0)) or None
-  points = int(cfg.get("rate_points", 201))
+  m, vocab = cfg["instances"], cfg["vocab"]
+  n_max, n_english = cfg["n_max"], cfg["n_max_english"]
+  k_english = cfg["english_words"] or None
+  points = cfg["rate_points"]
   if ctx.scale:
     m, n_english = m * 16, n_max
-  rng = np.random.default_rng(int(cfg.get("seed", 0)))
+  rng = np.random.default_rng(cfg["seed"])
 
   english = memoryless.english_unigram(k_english)
   lat_en = memoryless.lattice(english.logp, english.reward, 10)
   width = lat_en.log_mass.shape[-1]
-  q = float(cfg.get("bernoulli_p", 0.3))
+  q = cfg["bernoulli_p"]
   instances = [  # name, lattice, delta
       (f"Bernoulli token, p = {q:g}", memoryless.lattice(np.log([1 - q, q]), np.array([0.0, 1.0])), 0.2),
       ("3 letters, p = (.5, .3, .2), r = (0, 1, 3)", memoryless.lattice(*THREE), 0.3),
@@ -44,7 +61,7 @@ def run(cfg: dict, ctx: Context) -> Section:
   ]
   lats = [_pad(lat, width) for _, lat, _ in instances]
   deltas = np.array([d for *_, d in instances])
-  sec = Section("memoryless", TITLE, text=(
+  sec = Section("memoryless", TITLE, docs=DOCS, papers=PAPERS, text=(
       "Tokens are i.i.d. from p and a sequence of n tokens has reward S_n = sum r(y_i). The KL-RL "
       "solution at budget nΔ is phi_Δ^n; best-of-N over whole sequences with N = e^{nΔ} "
       "approaches it per token: reward → x_Δ = R(Δ), KL to p → Δ, KL to phi_Δ^n → 0, with a "

@@ -1,4 +1,4 @@
-"""Report section: RLVR accuracy dynamics and the optax training loops (SPEC §5, §6)."""
+"""Report section: RLVR accuracy dynamics and the optax training loops (docs: theory/rlvr and training)."""
 from __future__ import annotations
 
 import jax
@@ -8,23 +8,44 @@ import optax
 
 from klrl import divergences, rlvr, tilted, train
 from klrl.report import Check, Context, Section
+from klrl.report.config import integer, real, reals
 from klrl.report.plotting import plt, save
 
-TITLE = "Reasoning with verifiable rewards: the Bernoulli-KL gap, entropy and training loops (SPEC §5, §6)"
+TITLE = "Reasoning with verifiable rewards: the Bernoulli-KL gap, entropy and training loops"
+DOCS = "theory/rlvr.md"
+PAPERS = (
+    "Tan, Hong, *A Theoretical Lens for RL-Tuned Language Models via Energy-Based Models* (2025, arXiv:2512.18730)",
+)
+
+
+OPTIONS = {
+    "prompts": integer(16, "prompts of the random RLVR problem", low=2),
+    "responses": integer(12, "responses per prompt (a quarter of them correct)", low=4),
+    "beta": real(0.25, "KL coefficient", low=1e-6),
+    "entropy_correct": reals([0.05, 1.0], "entropy of p on correct responses, fraction of its maximum "
+                             "(first to last prompt)", low=0.0, high=1.0, size=2),
+    "entropy_wrong": reals([1.0, 0.3], "entropy of p on wrong responses, fraction of its maximum "
+                           "(first to last prompt)", low=0.0, high=1.0, size=2),
+    "steps": integer(600, "steps of every training loop", low=1),
+    "eta": real(0.5, "natural-gradient step", low=1e-12),
+    "gd_lr": real(4.0, "gradient-descent step", low=1e-12),
+    "adam_lr": real(0.1, "Adam step", low=1e-12),
+    "seed": integer(0, "random seed", low=0),
+}
 
 
 def run(cfg: dict, ctx: Context) -> Section:
-  prompts, responses = int(cfg.get("prompts", 16)), int(cfg.get("responses", 12))
-  beta, steps, eta = float(cfg.get("beta", 0.25)), int(cfg.get("steps", 600)), float(cfg.get("eta", 0.5))
-  h_c, h_w = cfg.get("entropy_correct", [0.05, 1.0]), cfg.get("entropy_wrong", [1.0, 0.3])
+  prompts, responses = cfg["prompts"], cfg["responses"]
+  beta, steps, eta = cfg["beta"], cfg["steps"], cfg["eta"]
+  h_c, h_w = cfg["entropy_correct"], cfg["entropy_wrong"]
   if ctx.scale:
     prompts, responses = prompts * 64, responses * 1000
-  key = jax.random.PRNGKey(int(cfg.get("seed", 0)))
+  key = jax.random.PRNGKey(cfg["seed"])
   spread = lambda ends: jnp.linspace(float(ends[0]), float(ends[1]), prompts)
   logp, correct = rlvr.random_problem(key, prompts, responses, num_correct=max(1, responses // 4),
                                       entropy_correct=spread(h_c), entropy_wrong=spread(h_w))
   split = rlvr.entropy_split(logp, correct)
-  sec = Section("rlvr", TITLE, text=(
+  sec = Section("rlvr", TITLE, docs=DOCS, papers=PAPERS, text=(
       "With a 0/1 verifier reward, the optimum of `E_q[c] - beta KL(q||p)` is `pi* ∝ p exp(c/beta)`, "
       "with target accuracy `logit a* = logit a_ref + 1/beta`, and `J(pi*) - J(q) = beta KL(q||pi*)`. "
       "Natural-gradient flow from `p` stays in the tilted family, where the gap equals "
@@ -41,7 +62,7 @@ def run(cfg: dict, ctx: Context) -> Section:
   fl = jax.tree.map(np.asarray, rlvr.flow(logp, correct, beta, t))
   logq_t = rlvr.natural_gradient_flow(logp, correct, beta, t)
   gap_t = np.asarray(rlvr.suboptimality_gap(logq_t, logp, correct, beta))
-  rng = np.random.default_rng(int(cfg.get("seed", 0)))
+  rng = np.random.default_rng(cfg["seed"])
   noise = rng.normal(size=logp.shape)
   c = correct.astype(logp.dtype)
   kl_ref_t = np.asarray(divergences.kl(logq_t, logp))
@@ -53,8 +74,8 @@ def run(cfg: dict, ctx: Context) -> Section:
   for _ in range(steps):
     lam = (1 - eta * beta) * lam + eta
   npg_err = np.max(np.abs(np.asarray(npg.log_policy) - np.asarray(tilted.tilt(logp, c, 1 / lam))))
-  gd = train.policy_gradient(logp, correct, beta, optax.sgd(float(cfg.get("gd_lr", 4.0))), steps)
-  adam = optax.adam(float(cfg.get("adam_lr", 0.1)))
+  gd = train.policy_gradient(logp, correct, beta, optax.sgd(cfg["gd_lr"]), steps)
+  adam = optax.adam(cfg["adam_lr"])
   start = jnp.stack([jnp.where(logp > -jnp.inf, logp, 0.0), logp + noise])   # p, and a start off the family
   ad, ad_off = (train.policy_gradient(logp, correct, beta, adam, steps, init=x) for x in start)
   final = {name: np.asarray(rlvr.suboptimality_gap(tr.log_policy, logp, correct, beta)).mean()

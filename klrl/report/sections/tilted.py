@@ -1,4 +1,4 @@
-"""Report section: energy-based (tilted) policies and the KL-constrained closed form (SPEC §1)."""
+"""Report section: energy-based (tilted) policies and the KL-constrained closed form (docs: theory/tilted)."""
 from __future__ import annotations
 
 import jax
@@ -7,9 +7,15 @@ import numpy as np
 
 from klrl import divergences, problems, tilted
 from klrl.report import Check, Context, Section
+from klrl.report.config import integer
 from klrl.report.plotting import plt, save
 
-TITLE = "Energy-based policies and the KL-constrained closed form (SPEC §1)"
+TITLE = "Energy-based policies and the KL-constrained closed form"
+DOCS = "theory/tilted.md"
+PAPERS = (
+    "Tan, Hong, *A Theoretical Lens for RL-Tuned Language Models via Energy-Based Models* (2025, arXiv:2512.18730)",
+    "Yang, Salamatian, Sun, Suresh, Beirami, *Asymptotics of Language Model Alignment* (2024)",
+)
 
 
 def _examples(vocab):
@@ -26,14 +32,22 @@ def _random_q(key, logp, concentration=1.0):
   return jax.nn.log_softmax(jnp.where(logp > -jnp.inf, g, -jnp.inf), axis=-1)
 
 
+OPTIONS = {
+    "instances": integer(256, "random reference/reward/q instances per check", low=2),
+    "vocab": integer(40, "support size of the random instances", low=2),
+    "frontier_points": integer(60, "points on each frontier curve", low=2),
+    "seed": integer(0, "random seed", low=0),
+}
+
+
 def run(cfg: dict, ctx: Context) -> Section:
-  n, vocab = int(cfg.get("instances", 256)), int(cfg.get("vocab", 40))
-  points = int(cfg.get("frontier_points", 60))
+  n, vocab = cfg["instances"], cfg["vocab"]
+  points = cfg["frontier_points"]
   if ctx.scale:
     n, vocab = n * 16, vocab * 256
-  key = jax.random.PRNGKey(int(cfg.get("seed", 0)))
+  key = jax.random.PRNGKey(cfg["seed"])
   k = jax.random.split(key, 6)
-  sec = Section("tilted", TITLE, text=(
+  sec = Section("tilted", TITLE, docs=DOCS, papers=PAPERS, text=(
       "The optimum of `E_q[r] - beta KL(q||p)` is the tilt `pi_beta ∝ p exp(r/beta)`; the "
       "KL-constrained optimum at budget Δ is the tilt whose KL is Δ, or `p(.|S*)` past "
       "`Δ_max = -log p(S*)`. Checks run in float64 on random references (log-normal-like "
