@@ -177,8 +177,8 @@ def suboptimality_gap(logq: Float[Array, "... y"], logp: Float[Array, "... y"], 
   within = jnp.where(correct, (logq - la_q[..., None]) - (logp - la[..., None]),
                      (logq - lw_q[..., None]) - (logp - lw[..., None]))
   conditional = jnp.sum(jnp.where(logq > -jnp.inf, jnp.exp(logq) * within, 0.0), axis=-1)
-  x, shift = la_q - lw_q, (la - lw - (la_q - lw_q)) + 1 / beta      # logit a_q, and logit a* - logit a_q
-  kl = _logspace.bernoulli_kl_logits(x, x + shift, shift) + conditional
+  x, y = la_q - lw_q, (la - lw) + 1 / beta                          # logit a_q (+-inf allowed), logit a*
+  kl = _logspace.bernoulli_kl_logits(x, y, (la - lw - x) + 1 / beta) + conditional
   # beta = inf: pi* = p, and beta KL(q || p) is 0 for q = p and +inf otherwise.
   return jnp.where(beta == jnp.inf, jnp.where(kl > 0, jnp.inf, 0.0), beta * kl)
 

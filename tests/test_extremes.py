@@ -122,6 +122,17 @@ def test_suboptimality_gap_at_infinite_beta_is_its_limit():
     assert np.all(np.asarray(rlvr.suboptimality_gap(other, prob.logp, prob.correct, beta)) > 0)
 
 
+def test_suboptimality_gap_of_policies_on_correct_or_wrong_responses_only():
+  prob = rlvr.random_problem(jax.random.PRNGKey(4), 6, 10, num_correct=3)
+  only_correct = jax.nn.log_softmax(jnp.where(prob.correct, prob.logp, -jnp.inf))
+  only_wrong = jax.nn.log_softmax(jnp.where(prob.correct, -jnp.inf, prob.logp))
+  for q in (only_correct, only_wrong):
+    for beta in (1e-3, 0.5, 4.0, 1e6):
+      want = beta * divergences.kl(q, tilted.tilt(prob.logp, prob.correct.astype(np.float64), beta))
+      np.testing.assert_allclose(rlvr.suboptimality_gap(q, prob.logp, prob.correct, beta), want, rtol=1e-9)
+    assert np.all(np.asarray(rlvr.suboptimality_gap(q, prob.logp, prob.correct, np.inf)) == np.inf)
+
+
 def test_suboptimality_gap_names_a_bad_logq():
   prob = rlvr.random_problem(jax.random.PRNGKey(3), 2, 8, num_correct=2)
   with pytest.raises(klrl.InputError, match=r"klrl.rlvr.suboptimality_gap: argument 'logq' is not a log-probability"):
