@@ -176,7 +176,7 @@ def suboptimality_gap(logq: Float[Array, "... y"], logp: Float[Array, "... y"], 
   la_q, lw_q = _logspace.log_masses(logq, correct)
   within = jnp.where(correct, (logq - la_q[..., None]) - (logp - la[..., None]),
                      (logq - lw_q[..., None]) - (logp - lw[..., None]))
-  conditional = jnp.sum(jnp.where(logq > -jnp.inf, jnp.exp(logq) * within, 0.0), axis=-1)
+  conditional = jnp.maximum(jnp.sum(jnp.where(logq > -jnp.inf, jnp.exp(logq) * within, 0.0), axis=-1), 0.0)  # KLs: >= 0
   x, y = la_q - lw_q, (la - lw) + 1 / beta                          # logit a_q (+-inf allowed), logit a*
   kl = _logspace.bernoulli_kl_logits(x, y, (la - lw - x) + 1 / beta) + conditional
   # beta = inf: pi* = p, and beta KL(q || p) is 0 for q = p and +inf otherwise.

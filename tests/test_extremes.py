@@ -129,7 +129,9 @@ def test_suboptimality_gap_of_policies_on_correct_or_wrong_responses_only():
   for q in (only_correct, only_wrong):
     for beta in (1e-3, 0.5, 4.0, 1e6):
       want = beta * divergences.kl(q, tilted.tilt(prob.logp, prob.correct.astype(np.float64), beta))
-      np.testing.assert_allclose(rlvr.suboptimality_gap(q, prob.logp, prob.correct, beta), want, rtol=1e-9)
+      # (the direct formula, the reference, has rounding noise of about beta * 1e-16 near 0)
+      np.testing.assert_allclose(rlvr.suboptimality_gap(q, prob.logp, prob.correct, beta), want, rtol=1e-9,
+                                 atol=1e-14 * beta)
     assert np.all(np.asarray(rlvr.suboptimality_gap(q, prob.logp, prob.correct, np.inf)) == np.inf)
 
 
@@ -190,6 +192,31 @@ def test_bernoulli_kl_from_logits_keeps_its_accuracy_for_close_logits():
     want = np.array([float(_bernoulli_mp(sig(a), sig(b))) for a, b in zip(x, y)])
   assert np.all(got >= 0)
   np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bernoulli_kl_from_logits_at_infinite_and_underflowing_logits(dtype):
+  grid = np.array([-np.inf, -800, -100, -40, -1e-9, 0, 1e-9, 40, 100, 800, np.inf], dtype)
+  x, y = (a.ravel() for a in np.meshgrid(grid, grid))          # 121 pairs, the ends included
+  got = np.asarray(divergences.bernoulli_kl_logits(x, y))
+  with mp.workdps(2000):
+    sig = lambda t: mp.mpf(0) if t == -np.inf else mp.mpf(1) if t == np.inf else 1 / (1 + mp.exp(-mp.mpf(float(t))))
+    term = lambda p, q: mp.mpf(0) if p == 0 else (mp.inf if q == 0 else p * mp.log(p / q))
+    want = np.array([float(term(sig(a), sig(b)) + term(1 - sig(a), 1 - sig(b))) for a, b in zip(x, y)])
+  assert not np.isnan(got).any() and np.all(got >= 0)
+  underflow = (want < np.finfo(dtype).tiny * 1e3) & (got == 0)  # below the dtype's normal range: 0 is right
+  exact = (got == want) | underflow
+  np.testing.assert_allclose(got[~exact], want[~exact], rtol=1e-12 if dtype == np.float64 else 1e-6)
+
+
+def test_suboptimality_gap_is_never_negative_at_tiny_beta():
+  prob = rlvr.random_problem(jax.random.PRNGKey(1), 4, 6, num_correct=2)
+  policies = [prob.logp, jax.nn.log_softmax(jnp.where(prob.correct, prob.logp, -jnp.inf)),
+              jax.nn.log_softmax(jnp.where(prob.correct, -jnp.inf, prob.logp))]
+  for beta in (1e-30, 1e-8, 1e-3):
+    for q in policies:
+      gap = np.asarray(rlvr.suboptimality_gap(q, prob.logp, prob.correct, beta))
+      assert np.all(gap >= 0) and not np.isnan(gap).any()
 
 
 # ---------------------------------------------------------------------------------------------

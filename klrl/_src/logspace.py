@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp, xlogy
 
 
@@ -71,10 +72,13 @@ def bernoulli_kl_logits(x, y, d=None):
   fx, fy = jnp.where(flip, -x, x), jnp.where(flip, -y, y)
   a = jax.nn.sigmoid(fx)
   far = jax.nn.softplus(fy) - jax.nn.softplus(fx) - jnp.where(a > 0, a * (fy - fx), 0.0)
+  # b = 0 or 1 (y = -+inf): kl(a || b) is 0 where a = b and +inf otherwise (a <= 1/2 after the flip).
+  far = jnp.where(jnp.isinf(fy), jnp.where((fy < 0) & (fx == -jnp.inf), 0.0, jnp.inf), far)
   # Close (|y - x| < 1, both finite): the form of :func:`bernoulli_kl` with
   # a - b = -sigmoid(x) sigmoid(-y) expm1(y - x), every factor to full relative accuracy.
   d = y - x if d is None else d
-  close = jnp.isfinite(x) & jnp.isfinite(y) & (jnp.abs(d) < 1)
+  safe = -0.9 * float(np.log(jnp.finfo(jnp.result_type(x, y)).tiny))          # sigmoid(+-y) > 0 there
+  close = jnp.isfinite(x) & jnp.isfinite(y) & (jnp.abs(d) < 1) & (jnp.abs(y) < safe)
   d = jnp.where(close, d, 0.0)
   sx, sy, sny = jax.nn.sigmoid(jnp.where(close, x, 0.0)), jax.nn.sigmoid(jnp.where(close, y, 0.0)), jax.nn.sigmoid(-jnp.where(close, y, 0.0))
   gap = sx * jnp.expm1(d)                                      # (b - a) / (1 - b)
