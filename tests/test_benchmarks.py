@@ -23,6 +23,7 @@ def test_rounds_must_be_positive(capsys):
   assert "--rounds" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quick_tilted_suite_runs_and_reports_paired_ratios(capsys):
   run.main(["--suite", "tilted", "--quick", "--min-log2v", "12", "--rounds", "2"])
   out = capsys.readouterr().out

@@ -420,6 +420,7 @@ def test_float32_matches_float64():
   np.testing.assert_allclose(s32.mean_reward, s64.mean_reward, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batching_broadcasting_and_jit_vmap_compose():
   logp, r = problems.random_problem(jax.random.PRNGKey(9), 8, 6, ties=2)
   n = jnp.linspace(1.5, 40.0, 8)

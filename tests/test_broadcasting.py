@@ -192,7 +192,12 @@ def _check(case, got, refs, batch):
     np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-15, err_msg=f"{case.id} field {name!r}")
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+# The memoryless functions compile large programs: their cases run in the slow tier.
+SLOW_CASES = [pytest.param(c, marks=pytest.mark.slow) if c.fn.__module__.startswith("klrl.memoryless") else c
+              for c in CASES]
+
+
+@pytest.mark.parametrize("case", SLOW_CASES, ids=IDS)
 def test_one_row_with_a_vector_of_parameters(case):
   data = _first(case.data)
   got = case.call(data, np.array(case.values))
@@ -200,12 +205,7 @@ def test_one_row_with_a_vector_of_parameters(case):
   _check(case, got, refs, (K,))
 
 
-# The memoryless functions' column cases compile large programs: they run in the slow tier.
-COLUMN_CASES = [pytest.param(c, marks=pytest.mark.slow) if c.fn.__module__.startswith("klrl.memoryless") else c
-                for c in CASES]
-
-
-@pytest.mark.parametrize("case", COLUMN_CASES, ids=IDS)
+@pytest.mark.parametrize("case", SLOW_CASES, ids=IDS)
 def test_rows_with_a_column_of_parameters(case):
   rows = B if case.data else 1
   data = case.data if case.data else {}

@@ -106,6 +106,7 @@ def sparse(m, beta, seed=0):
   return sj, phi, C.sparse_chain(sj.neighbors, sj.log_joint, phi, beta)
 
 
+@pytest.mark.slow
 def test_lanczos_agrees_with_dense():
   m = 128
   sj, phi, ch = sparse(m, 1.0)
@@ -130,6 +131,7 @@ def test_lanczos_agrees_with_dense():
   assert float(g_sparse) == pytest.approx(float(g_dense), rel=1e-8)
 
 
+@pytest.mark.slow
 def test_lanczos_large_chain_against_scipy():
   sp = pytest.importorskip("scipy.sparse")
   eigsh = pytest.importorskip("scipy.sparse.linalg").eigsh
@@ -152,6 +154,7 @@ def test_lanczos_large_chain_against_scipy():
 # ---------------------------------------------------------------------------------------------
 # float32.
 
+@pytest.mark.slow
 def test_float32_agrees_with_float64():
   logp, reward, logk = instance(6)
   lk32 = logk.astype(jnp.float32)

@@ -92,6 +92,7 @@ def test_bad_values_under_jit_name_the_function_and_argument_first(fn, msg, capl
     np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_one_bad_member_under_vmap_and_grad():
   logp, r = jnp.log(jnp.array([0.5, 0.5])), jnp.array([0.0, 1.0])
   f = jax.vmap(lambda d: tilted.kl_constrained(logp, r, d).mean_reward)

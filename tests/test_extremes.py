@@ -227,6 +227,7 @@ SCALES32 = [10.0 ** k for k in (-30, -18, -16, -5, 0, 5, 16, 18, 30)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.slow
 def test_reward_scale_is_invariant_in_range_and_refused_outside(dtype):
   logp, r = _reference_law(6, 20, RNG)
   r = r / np.abs(r).max()                     # |r| <= 1, spread about 2
@@ -265,6 +266,7 @@ def test_reward_scale_is_invariant_in_range_and_refused_outside(dtype):
 # ---------------------------------------------------------------------------------------------
 # bon_vs_kl composes with jit, vmap and grad.
 
+@pytest.mark.slow
 def test_bon_vs_kl_composes_with_jit_vmap_and_grad():
   logp, r = np.log(np.array([0.2, 0.3, 0.5])), np.array([0.0, 1.0, 2.0])
   deltas = np.array([0.1, 0.3, 0.3 - 1e-6, 0.3 + 1e-6])

@@ -130,6 +130,7 @@ def test_rate_function_with_ties_and_zero_mass():
   assert float(got[4]) == pytest.approx(-math.log(0.3), rel=1e-15)       # tied maximum: p(r = 2) = 0.3
 
 
+@pytest.mark.slow
 def test_rate_far_from_the_mean_of_a_sharp_tilt():
   # A strongly tilted law (most mass on one point): the solver's function G is S-shaped there and
   # plain Newton oscillates between its two linear ends.
@@ -414,6 +415,7 @@ def test_bon_vs_kl_against_mpmath_binomial_at_moderate_n():
     assert float(out.lam[i]) == pytest.approx(float(lam), rel=1e-11)
 
 
+@pytest.mark.slow
 def test_bon_vs_kl_three_letters_against_mpmath_convolution():
   delta, n = 0.4, 60
   lam = mp_lam(P3, R3, delta)
@@ -457,6 +459,7 @@ def _large_cases():
   return ns, M.bon_vs_kl_lattice(lats, deltas, ns)
 
 
+@pytest.mark.slow
 def test_convergence_trends_at_large_n():
   delta = 0.3
   ns, out = _large_cases()
@@ -493,6 +496,7 @@ def test_bon_vs_kl_derivative_in_delta():
     assert slope[0] == pytest.approx((value[1] - value[2]) / 2e-5, rel=1e-6), name
 
 
+@pytest.mark.slow
 def test_float32():
   with jax.enable_x64(False):
     i32 = M.rate_function(LP3.astype(np.float32), R3.astype(np.float32), XS.astype(np.float32))

@@ -3,10 +3,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run_as_written(tmp_path):
   text = (ROOT / "README.md").read_text()
   blocks = re.findall(r"```python\n(.*?)```", text, re.S)

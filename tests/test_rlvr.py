@@ -192,6 +192,7 @@ def test_gap_decays_like_exp_minus_two_beta_t():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_off_family_gap_exceeds_bernoulli_kl(seed):
   """Off the tilted family only gap >= beta kl(a || a*) holds, and strictly, on 64 x 38 instances."""
   logp, correct = problem(seed, accuracy=random_accuracies(seed))
@@ -208,6 +209,7 @@ def test_off_family_gap_exceeds_bernoulli_kl(seed):
 
 
 @pytest.mark.parametrize("h_c,h_w", [(0.9, 0.6), (0.2, 0.95), (1.0, 0.0)])
+@pytest.mark.slow
 def test_entropy_along_flow(h_c, h_w):
   """H(q_t) = h(a_t) + a_t H_C + (1 - a_t) H_W; dH/da changes sign at sigmoid(H_C - H_W)."""
   logp, correct, beta, t, logq = along_flow(7, h_c=h_c, h_w=h_w)
@@ -249,6 +251,7 @@ def test_generator_controls_accuracy_and_entropies():
   np.testing.assert_array_equal(correct.sum(-1), 3)
 
 
+@pytest.mark.slow
 def test_vmap_grad_and_float32():
   logp, correct = problem(8)
   betas = jnp.array([0.1, 0.5, 2.0])

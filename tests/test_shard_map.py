@@ -63,6 +63,7 @@ def test_row_functions_under_shard_map(blocked):
       np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_replicated_arguments_under_shard_map():
   """Loops started from a replicated argument and stepped with a sharded one."""
   logk, target = kernels(False), jnp.arange(6) == 0
@@ -71,6 +72,7 @@ def test_replicated_arguments_under_shard_map():
     np.testing.assert_array_equal(fn(*args), sharded(fn, (P("rows"), P()))(*args))
 
 
+@pytest.mark.slow
 def test_input_errors_under_shard_map(blocked):
   """Inside the caller's own ``jit`` the message arrives in JAX's runtime error (klrl._checks)."""
   logp, r = problems.random_problem(jax.random.PRNGKey(0), B, V)

@@ -119,6 +119,7 @@ def frontier_run(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # Rows.
 
+@pytest.mark.slow
 def test_stats_rows_equal_direct_library_calls(stats_run):
   cfg, summary = stats_run
   rows = table(summary.merged.results)
@@ -152,6 +153,7 @@ def test_bon_rows_equal_direct_library_calls(tmp_path):
     assert all(float(r["kl"]) <= float(r["kl_bound"]) + 1e-13 and float(r["gap"]) >= -1e-12 for r in sel)
 
 
+@pytest.mark.slow
 def test_frontier_rows_satisfy_the_closed_form(frontier_run):
   cfg, summary = frontier_run
   rows = table(summary.merged.results)
@@ -192,6 +194,7 @@ def direct_stats(rows, dtype):
   return tilted.stats(logp, reward, np.array([float(r["beta"]) for r in rows]))
 
 
+@pytest.mark.slow
 def test_float32_precision(tmp_path):
   _, s32 = sweep_in_process(STATS + 'precision = "float32"\n', tmp_path / "out")
   rows = table(s32.merged.results)
@@ -706,6 +709,7 @@ def test_set_overrides_the_configuration_and_is_checked(tmp_path, capsys):
   assert "  --set fixed.n=: the value is not a TOML value" in err
 
 
+@pytest.mark.slow
 def test_sweep_with_overrides_shows_each_kernel_compiling(tmp_path, capsys):
   path = tmp_path / "s.toml"
   path.write_text(STATS)

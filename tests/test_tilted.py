@@ -134,6 +134,7 @@ def test_float32_phase_of_the_float64_solve(temperature, monkeypatch):
   np.testing.assert_allclose(lam_mixed[:-2], solve()[0][:-2], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_offset_and_scaled_rewards_give_the_same_solution():
   """``r -> a r + c`` leaves the solution unchanged (``lam -> lam / a``), and the tilt with
   ``beta -> a beta``. Rewards offset far from zero stress the one-pass variance behind the
@@ -182,6 +183,7 @@ def test_float32_constants_give_the_float64_solution(monkeypatch):
   jax.clear_caches()
 
 
+@pytest.mark.slow
 def test_constraint_accuracy_float32_and_agreement_with_float64():
   logp, r = problems.random_problem(jax.random.PRNGKey(3), 1, 10 ** 6)
   logp, r = jnp.broadcast_to(logp, (len(FRACS), 10 ** 6)), jnp.broadcast_to(r, (len(FRACS), 10 ** 6))
@@ -222,6 +224,7 @@ def test_gibbs_identity(inst):
 
 
 @given(instances)
+@pytest.mark.slow
 def test_primal_equals_dual_and_closeness_identity(inst):
   logp, r, logq, _, delta = inst
   sol = T.kl_constrained(logp, r, delta)
@@ -309,6 +312,7 @@ def test_frontier_slope_is_beta_and_implicit():
   assert float(jax.grad(lambda x: T.frontier(P4, R4, x))(0.1)) == pytest.approx(float(fd), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_derivatives_at_zero_budget_and_at_saturation():
   g0 = jax.grad(lambda d: T.frontier(P4, R4, d))(0.0)
   assert float(g0) == np.inf                                    # R'(0+) = +inf
@@ -326,6 +330,7 @@ def test_derivatives_at_zero_budget_and_at_saturation():
     assert all(np.all(np.isfinite(x)) for x in g)
 
 
+@pytest.mark.slow
 def test_jit_vmap_grad_compose():
   logp, r = problems.random_problem(jax.random.PRNGKey(2), 5, 7)
   deltas = jnp.linspace(0.05, 0.5, 5)

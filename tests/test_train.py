@@ -62,6 +62,7 @@ ADAM = optax.adam(0.1)
 
 
 @pytest.mark.parametrize("start", ["reference", "off-family"])
+@pytest.mark.slow
 def test_adam_converges(start):
   """Adam from p stays in the tilted family: per coordinate it divides the softmax gradient
   q(y) (g(y) - E_q g) by its own scale, so every response of a class moves by the same amount
@@ -82,6 +83,7 @@ def test_log_linear_policy_gradient_converges():
   assert float(jnp.mean(rlvr.suboptimality_gap(trace.log_policy, LOGP, CORRECT, BETA))) <= 1e-12
 
 
+@pytest.mark.slow
 def test_sampled_loop_converges_and_vmaps_over_seeds():
   """Leave-one-out REINFORCE with k1 in the reward is unbiased, and its variance vanishes at pi*
   (the regularised reward c - beta log(pi*/p) = beta log Z is constant), so it converges."""
@@ -98,6 +100,7 @@ def test_sampled_loop_converges_and_vmaps_over_seeds():
     (True, optax.sgd(1.0), optax.sgd(0.2), 1000, 1e-12),
     (False, optax.sgd(1.0), optax.sgd(0.05), 4000, 1e-6),
 ])
+@pytest.mark.slow
 def test_dual_ascent_reaches_the_kl_constrained_optimum(natural, optimizer, dual, steps, tol):
   delta = 0.5 * tilted.max_kl(LOGP, C)
   sol = tilted.kl_constrained(LOGP, C, delta)

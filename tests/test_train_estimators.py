@@ -52,6 +52,7 @@ def test_group_normalised_advantages_are_biased():
 
 
 @pytest.mark.parametrize("advantage,kl,kl_in", [("loo", "k1", "reward"), ("loo", "k3", "loss"), ("grpo", "k1", "reward")])
+@pytest.mark.slow
 def test_monte_carlo_mean_within_standard_error_of_exact(advantage, kl, kl_in):
   """The sampler draws from q: the mean of 4000 estimates is within 5 standard errors of the exact one."""
   n = 4000
