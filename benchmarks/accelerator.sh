@@ -118,14 +118,18 @@ else
   # tilted: 64 x 2^16 .. 2^24 (float64: 8 GiB per array at 2^24); the row-by-row SciPy
   # baseline up to 2^20 only (at 2^22 it alone takes about a minute).
   bench tilted 100 --min-log2v 16 --max-log2v 24 --max-baseline-log2v 20 --rounds 2
-  bench bon 60 --min-log2v 14 --max-log2v 20 --rounds 2
+  bench bon 50 --min-log2v 14 --max-log2v 20 --rounds 2
   # sweep: 10^4 points at V = 2^16 on the accelerator; its second measurement, on simulated CPU
   # devices, is skipped (at this size it alone takes minutes).
   bench sweep 60 --sweep-log2v 16 --sweep-cpu-devices 0
   # chains: dense chains to M = 500 (deeptime's loop over 32 kernels of M = 1000 takes minutes)
   # or 1000 (SciPy's, without deeptime); sparse ones to 10^5 states.
   if "$PY" -c "import deeptime" >/dev/null 2>&1; then MAX_STATES=500; else MAX_STATES=1000; fi
-  bench chains 60 --max-states "$MAX_STATES" --rounds 2
+  bench chains 50 --max-states "$MAX_STATES" --rounds 2
+  # the exact expected gradients of the KL configurations (to 1e5 sequences) and the Markov-token
+  # scaled CGF (to V = 1000) and sequence law
+  bench autoregressive 30 --rounds 2
+  bench markov 60 --rounds 2 --max-markov-v 1000
 fi
 
 # (d) the summary.

@@ -10,7 +10,7 @@ import jax
 
 from benchmarks import harness
 
-SUITES = ["tilted", "bon", "chains", "train", "sweep", "memoryless", "startup"]
+SUITES = ["tilted", "bon", "chains", "train", "sweep", "memoryless", "autoregressive", "markov", "startup"]
 
 
 def main(argv=None):
@@ -26,6 +26,8 @@ def main(argv=None):
                       help="sweep suite: vocabulary 2**N (default 14, 10 with --quick)")
   parser.add_argument("--sweep-cpu-devices", type=int, default=8,
                       help="sweep suite: simulated CPU devices of its second measurement (0: skip it)")
+  parser.add_argument("--max-markov-v", type=int, default=None,
+                      help="markov suite: largest vocabulary of the scaled-CGF case (default 100, 30 with --quick)")
   parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke test)")
   parser.add_argument("--rounds", type=int, default=None,
                       help="paired rounds per case in the tilted and bon suites (default 7, 3 from 2^18); "

@@ -7,10 +7,10 @@ try:
 except _metadata.PackageNotFoundError:   # a checkout on sys.path, not installed
   __version__ = "0+unknown"
 
-from klrl import (bon, chains, data, divergences, instances, memoryless, problems, rlvr, sweep, tilted,  # noqa: E402
-                  train)
+from klrl import (autoregressive, bon, chains, data, divergences, instances, markov, memoryless, problems,  # noqa: E402
+                  rlvr, sweep, tilted, train)
 from klrl._info import info  # noqa: E402
 from klrl._src.checks import InputError  # noqa: E402
 
-__all__ = ["InputError", "bon", "chains", "data", "divergences", "info", "instances", "memoryless", "problems", "rlvr",
-           "sweep", "tilted", "train"]
+__all__ = ["InputError", "autoregressive", "bon", "chains", "data", "divergences", "info", "instances", "markov",
+           "memoryless", "problems", "rlvr", "sweep", "tilted", "train"]

@@ -166,6 +166,48 @@ def _sweep(args) -> int:
   return 0
 
 
+def _audit(args) -> int:
+  import jax
+  jax.config.update("jax_enable_x64", True)   # exact expectations in float64
+  _use_cache(args)
+  from klrl import autoregressive
+  from klrl.report import audit
+
+  if args.list:
+    print("configurations (klrl audit --presets NAME ...), and the question each answers:")
+    for name, question in autoregressive.QUESTIONS.items():
+      print(f"  {name:30s} {question}")
+    return 0
+  unknown = [p for p in args.presets or () if p not in autoregressive.PRESETS]
+  if unknown:
+    print(f"klrl audit: unknown preset(s) {unknown}; known: {', '.join(autoregressive.PRESETS)}", file=sys.stderr)
+    return 2
+  bad = [f"{n} must be at least {low}, got {v}" for n, v, low in (
+      ("--vocab", args.vocab, 2), ("--length", args.length, 1), ("--problems", args.problems, 1),
+      ("--steps", 1 if args.steps is None else args.steps, 1)) if v < low]
+  bad += [f"--beta must be > 0, got {b}" for b in args.beta if not b > 0]
+  if bad:
+    print("klrl audit: " + "; ".join(bad), file=sys.stderr)
+    return 2
+  if args.vocab ** args.length > 10 ** 5:
+    print(f"klrl audit: --vocab ** --length = {args.vocab ** args.length} sequences; at most 1e5 are enumerated",
+          file=sys.stderr)
+    return 2
+  family = audit.Family(args.vocab, args.length, args.problems, args.seed)
+  rewards = ("binary", "real") if args.rewards == "both" else (args.rewards,)
+  log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+  table = audit.rows(family, args.beta, rewards, args.presets, args.steps, log=log)
+  text = audit.to_csv(table) if args.format == "csv" else audit.markdown(table)
+  if args.out:
+    Path(args.out).write_text(text)
+    print(f"klrl audit: wrote {args.out}", file=sys.stderr)
+  else:
+    print(text)
+  if args.figure:
+    print(f"klrl audit: wrote {audit.figure(table, Path(args.figure))}", file=sys.stderr)
+  return 0
+
+
 def _merge(args) -> int:
   from klrl.sweep import SweepError, merge
 
@@ -234,6 +276,23 @@ def main(argv=None) -> int:
   sw.add_argument("--process-id", type=int, help="multi-host: index of this process (JAX_PROCESS_ID)")
   _cache_options(sw)
 
+  au = sub.add_parser("audit", help="where each KL-penalty configuration of the trainers converges, on random "
+                      "autoregressive problems (a table)")
+  au.add_argument("--vocab", type=int, default=3, help="tokens V (default %(default)s)")
+  au.add_argument("--length", type=int, default=4, help="tokens per sequence T (default %(default)s)")
+  au.add_argument("--rewards", choices=("binary", "real", "both"), default="both", help="reward kind (default %(default)s)")
+  au.add_argument("--beta", type=float, nargs="+", default=[0.05, 0.2, 1.0], help="KL coefficients (default %(default)s)")
+  au.add_argument("--problems", type=int, default=4, help="random problems averaged over (default %(default)s)")
+  au.add_argument("--seed", type=int, default=0)
+  au.add_argument("--presets", nargs="+", metavar="NAME", help="configurations to audit (default: all; --list)")
+  au.add_argument("--steps", type=int, help="steps of the exact dynamics (default: klrl.autoregressive.DEFAULT_STEPS)")
+  au.add_argument("--format", choices=("md", "csv"), default="md")
+  au.add_argument("--out", help="write the table here instead of printing it")
+  au.add_argument("--figure", help="also draw KL(q_end || q*) per configuration as this PNG")
+  au.add_argument("--list", action="store_true", help="list the configurations and the question each answers")
+  au.add_argument("--quiet", action="store_true", help="no progress lines")
+  _cache_options(au)
+
   mg = sub.add_parser("merge", help="merge the chunk files of a sweep (one directory or one per host)")
   mg.add_argument("dirs", nargs="+", help="results directories of the same configuration")
   mg.add_argument("--out", help="where to write results.csv and manifest.json (default: the first directory)")
@@ -250,7 +309,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.command == "plot" and any("=" not in w for w in args.where):
     parser.error("--where takes COL=VALUE")
-  return {"run": _run, "sweep": _sweep, "merge": _merge, "plot": _plot}[args.command](args)
+  return {"run": _run, "sweep": _sweep, "audit": _audit, "merge": _merge, "plot": _plot}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PUBLIC = ["klrl", "klrl.tilted", "klrl.bon", "klrl.divergences", "klrl.memoryless", "klrl.chains", "klrl.rlvr",
-          "klrl.train", "klrl.instances", "klrl.data", "klrl.problems", "klrl.sweep"]
+          "klrl.train", "klrl.autoregressive", "klrl.markov", "klrl.instances", "klrl.data", "klrl.problems", "klrl.sweep"]
 
 _XREF = re.compile(r"\]\[(klrl(?:\.\w+)*)\]")
 _BLOCK = re.compile(r"^::: ([\w.]+)[ \t]*\n((?:[ \t]+\S.*\n|[ \t]*\n)*)", re.M)

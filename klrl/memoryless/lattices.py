@@ -144,6 +144,12 @@ class SequenceLaw(NamedTuple):
   span: Array
   scale: Array
 
+  @property
+  def reward(self) -> Array:
+    """The sequence reward of each level, ``(start + span i) / scale``, shape ``(..., L)``."""
+    i = jnp.arange(self.log_prob.shape[-1], dtype=self.log_prob.dtype)
+    return (self.start[..., None] + self.span[..., None] * i) / self.scale[..., None]
+
 
 @_args.public(static=("n", "tilts", "window"), name="sequence_law")
 def _sequence_law(log_mass, offset, span, scale, n, tilts, log_floor, window):

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from klrl import bon, chains, memoryless, problems, rlvr, tilted
+from klrl import autoregressive, bon, chains, markov, memoryless, problems, rlvr, tilted
 
 __all__ = ["Param", "Limit", "Experiment", "EXPERIMENTS", "experiment", "INSTANCE", "instance"]
 
@@ -271,3 +271,52 @@ def rlvr_flow(p, dtype):
   f = rlvr.flow(prob.logp[0], prob.correct[0], p["beta"], p["t"])
   return dict(accuracy_t=f.accuracy, target=f.target, gap=f.gap, kl_forward=f.kl_forward,
               kl_reverse=f.kl_reverse, kl_reference=f.kl_reference, entropy=f.entropy)
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.markov (docs: theory/markov).
+
+@experiment(
+    "markov.kl_rl",
+    params=dict(vocab=Param(int, static=True, low=2, doc="tokens V of the random Markov reference"),
+                seed=Param(int, default=0, low=0, doc="PRNG seed of the random reference"),
+                concentration=Param(float, static=True, default=1.0, positive=True,
+                                    doc="Dirichlet concentration of the rows of P (small: peaked rows, strong memory)"),
+                delta=Param(float, low=0.0, doc="per-token KL budget Δ (the budget of n tokens is nΔ)"),
+                n=Param(int, low=1, doc="sequence length n")),
+    outputs=("mean_reward", "kl", "lam", "max_kl", "saturated", "rate_reward", "rate_lam", "rate_max_kl"))
+def markov_kl_rl(p, dtype):
+  """KL-RL over n Markov tokens at budget nΔ against its per-token limit (x_Δ, λ_Δ) as n grows."""
+  ref = markov.random_reference(jax.random.PRNGKey(p["seed"]), p["vocab"], concentration=p["concentration"], dtype=dtype)
+  fin = markov.kl_constrained(ref, p["delta"], p["n"])
+  lim = markov.kl_constrained_rate(ref, p["delta"])
+  return dict(mean_reward=fin.mean_reward, kl=fin.kl, lam=fin.lam, max_kl=fin.max_kl, saturated=fin.saturated,
+              rate_reward=lim.mean_reward, rate_lam=lim.lam, rate_max_kl=lim.max_kl)
+
+
+# ---------------------------------------------------------------------------------------------
+# klrl.autoregressive (docs: theory/autoregressive).
+
+@experiment(
+    "autoregressive.fixed_point",
+    params=dict(vocab=Param(int, static=True, default=3, low=2, doc="tokens V"),
+                length=Param(int, static=True, default=3, low=1, doc="tokens per sequence T (V^T enumerated)"),
+                binary=Param(bool, static=True, default=True, doc="0/1 sequence rewards (else standard normal)"),
+                preset=Param(str, static=True, choices=tuple(autoregressive.PRESETS),
+                             doc="configuration (klrl.autoregressive.PRESETS; `klrl audit --list`)"),
+                steps=Param(int, static=True, default=1500, low=1, doc="steps of the exact expected-gradient dynamics"),
+                seed=Param(int, default=0, low=0, doc="PRNG seed of the random problem"),
+                beta=Param(float, positive=True, doc="KL coefficient beta > 0")),
+    outputs=("reward", "kl_reference", "kl_optimum", "grad_norm", "residual", "optimum_reward", "reference_reward"))
+def autoregressive_fixed_point(p, dtype):
+  """Where a trainer's KL configuration converges: E[R], KL(q||p), KL(q||q*), |grad J| at the end."""
+  prob = autoregressive.random_problem(jax.random.PRNGKey(p["seed"]), p["vocab"], p["length"], binary=p["binary"])
+  prob = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, prob)
+  end = autoregressive.fixed_point(prob, p["beta"], autoregressive.PRESETS[p["preset"]], autoregressive.DEFAULT_OPTIMIZER,
+                                   p["steps"], binary=p["binary"], natural=True)
+  star = autoregressive.optimum(prob, p["beta"])
+  ref = autoregressive.sequence_log_probs(prob.logp, prob)
+  seq_reward = jnp.sum(prob.reward, axis=-1)
+  return dict(reward=end.reward, kl_reference=end.kl_reference, kl_optimum=end.kl_optimum, grad_norm=end.grad_norm,
+              residual=end.residual, optimum_reward=jnp.sum(jnp.exp(star.log_prob) * seq_reward),
+              reference_reward=jnp.sum(jnp.exp(ref) * seq_reward))

@@ -5,7 +5,7 @@ configuration, :mod:`klrl.report.config`) and ``run(cfg, ctx) -> Section``, regi
 give it a table ``[<key>]`` in ``configs/default.toml`` stating every option. A section that needs optional packages lists their import names in
 ``REQUIRES``; ``klrl run`` skips it, saying which to install, when one is missing.
 """
-from klrl.report.sections import bon, chains, memoryless, rlvr, tilted
+from klrl.report.sections import autoregressive, bon, chains, markov, memoryless, rlvr, tilted
 
 SECTIONS = {
     "tilted": tilted,           # docs: theory/tilted
@@ -13,4 +13,6 @@ SECTIONS = {
     "memoryless": memoryless,   # theory/memoryless
     "chains": chains,           # theory/chains
     "rlvr": rlvr,               # theory/rlvr and theory/training
+    "autoregressive": autoregressive,   # theory/autoregressive
+    "markov": markov,           # theory/markov
 }
