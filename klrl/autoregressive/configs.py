@@ -199,3 +199,4 @@ QUESTIONS: dict[str, str] = {
     "openrlhf_group_norm_k3_loss": "Where does OpenRLHF's group_norm with the k3 loss converge?",
     "openrlhf_group_norm_k2_loss": "Where does OpenRLHF's group_norm with the k2 loss converge?",
 }
+"""The question each preset of :data:`PRESETS` answers (``klrl audit --list`` prints them)."""

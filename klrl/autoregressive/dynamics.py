@@ -29,6 +29,7 @@ from klrl.autoregressive.problems import (Problem, chain_kl, force, policy, pref
 __all__ = ["Metrics", "FixedPoint", "AuditTable", "fixed_point", "audit", "DEFAULT_OPTIMIZER", "DEFAULT_STEPS"]
 
 DEFAULT_STEPS = 3000
+"""Updates of the exact dynamics in :func:`audit` and the default of ``klrl audit --steps``."""
 DEFAULT_OPTIMIZER = optax.adam(optax.exponential_decay(0.3, DEFAULT_STEPS, 1e-3))
 """Adam from ``0.3`` decaying geometrically to ``3e-4`` over :data:`DEFAULT_STEPS`: the optimiser of
 :func:`audit` (with ``natural=True`` it lands on ``q*`` to ``KL < 1e-14`` for the unbiased
@@ -230,7 +231,8 @@ def audit(where: str, problem: Problem, beta: Float[Array, "..."], configs: dict
     natural: precondition the dynamics by the tabular Fisher matrix (as :func:`fixed_point`; same
       fixed points, no stalling at rarely visited prefixes).
     binary: 0/1 rewards (checked): GRPO's expectation by the binomial count.
-    sampler, refresh: the sampler of the dynamics, as in :func:`fixed_point`.
+    sampler: the sampler of the dynamics, as in :func:`fixed_point`.
+    refresh: how often the sampler is refreshed, as in :func:`fixed_point`.
 
   Returns:
     An :class:`AuditTable`; its per-configuration fields have a last axis in the order of ``configs``.

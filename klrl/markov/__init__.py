@@ -27,7 +27,7 @@ from klrl.markov.cumulants import Doob, doob, log_mgf, scgf
 from klrl.markov.kl_rl import RateSolution, SequenceSolution, kl_constrained, kl_constrained_rate
 from klrl.markov.law import BonVsKL, SequenceLaw, SingleStep, bon_vs_kl, sequence_law, single_step
 from klrl.markov.rates import RewardRange, rate_function, reward_range
-from klrl.markov.reference import Bigram, Reference, english_bigram, random_reference, reference
+from klrl.markov.references import Bigram, Reference, english_bigram, random_reference, reference
 
 __all__ = [
     "Reference", "Bigram", "Doob", "RewardRange", "SequenceSolution", "RateSolution", "SequenceLaw", "BonVsKL",

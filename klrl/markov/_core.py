@@ -135,7 +135,7 @@ def _fundamental(q, pi, steps: int = 64):
     z, a = carry
     return z + jnp.matmul(z, a), jnp.matmul(a, a)
 
-  return lax.fori_loop(0, steps, body, (eye, a))[0]
+  return lax.fori_loop(0, steps, body, _checks.vary_alike((eye, a)))[0]
 
 
 @jax.custom_jvp

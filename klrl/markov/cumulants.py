@@ -18,7 +18,7 @@ from jaxtyping import Array, Float
 
 from klrl._src import checks as _checks
 from klrl.markov import _core
-from klrl.markov.reference import Reference, unpack
+from klrl.markov.references import Reference, unpack
 
 __all__ = ["Doob", "log_mgf", "scgf", "doob"]
 

@@ -25,7 +25,7 @@ from jaxtyping import Array, Float
 
 from klrl._src import checks as _checks, roots as _roots
 from klrl.markov import _core
-from klrl.markov.reference import Reference, unpack
+from klrl.markov.references import Reference, unpack
 from klrl.markov.rates import range_core
 
 __all__ = ["SequenceSolution", "RateSolution", "kl_constrained", "kl_constrained_rate"]

@@ -41,7 +41,7 @@ from klrl.memoryless import SequenceLaw
 from klrl._src import checks as _checks
 from klrl.markov import _core
 from klrl.markov.kl_rl import _kl_constrained, _kl_constrained_rate
-from klrl.markov.reference import Reference, unpack
+from klrl.markov.references import Reference, unpack
 
 __all__ = ["SequenceLaw", "BonVsKL", "SingleStep", "sequence_law", "bon_vs_kl", "single_step"]
 

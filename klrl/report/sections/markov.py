@@ -64,6 +64,7 @@ def run(cfg: dict, ctx: Context) -> Section:
   ab = jax.random.uniform(k2, (m, 2), minval=0.05, maxval=0.95)
   a, b = ab[:, 0], ab[:, 1]
   trans = jnp.stack([jnp.stack([1 - a, a], -1), jnp.stack([b, 1 - b], -1)], -2)
+  a, b = a[None], b[None]                               # against lam[:, None]
   r2 = jnp.array([0.0, 1.0])
   two = markov.reference(jnp.log(jnp.full((m, 2), 0.5)), jnp.log(trans), jnp.broadcast_to(r2, (m, 2)))
   e = jnp.exp(lam)
@@ -127,12 +128,12 @@ def run(cfg: dict, ctx: Context) -> Section:
                  f"news text, shipped with gensim) over its {len(bigram.words) - 1} most frequent words and "
                  "<other>, with VADER valence as the per-token reward.")
   for name, ls, c in curves:
-    ax[0].plot(ls, c["mean_reward"], "o-", label=f"{name}: best-of-N")
-    ax[0].axhline(c["limit_reward"][0], ls=":", c=ax[0].lines[-1].get_color(), lw=1)
+    ax[0].plot(ls, c["mean_reward"] / c["limit_reward"], "o-", label=f"{name} (x_delta = {c['limit_reward'][0]:.3g})")
     ax[1].plot(ls, c["kl_to_tilted"], "o-", label=f"{name}: KL(pi_N || phi_n)/n")
     ax[1].plot(ls, np.abs(c["kl"] - delta), "x--", c=ax[1].lines[-1].get_color(), label=f"{name}: |KL(pi_N || p)/n - delta|")
-  ax[0].set(xscale="log", xlabel="sequence length n", ylabel="reward per token",
-            title=f"Best-of-e^(n delta) (dotted: KL-RL limit x_delta), delta = {delta}")
+  ax[0].axhline(1.0, ls=":", c="k", lw=1)
+  ax[0].set(xscale="log", xlabel="sequence length n", ylabel="reward per token / x_delta",
+            title=f"Best-of-e^(n delta) against the KL-RL limit x_delta, delta = {delta}")
   ax[1].set(xscale="log", yscale="log", xlabel="sequence length n", ylabel="nats per token",
             title="Best-of-N against KL-RL, per token")
   ax[0].legend(fontsize=7)
