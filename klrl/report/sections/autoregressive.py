@@ -30,8 +30,7 @@ OPTIONS = {
 }
 
 # The configurations of the audit figure: the references and one preset of each trainer.
-FIGURE_PRESETS = ("k1_reward_to_go", "k2_loss", "k2_loss_sequence", "k3_loss", "trl_grpo", "verl_grpo_low_var_kl",
-                  "openrlhf_rloo")
+FIGURE_PRESETS = ("k1_reward_to_go", "k2_loss", "k2_loss_sequence", "trl_grpo", "verl_grpo_low_var_kl")
 
 
 def _rel(a, b):

@@ -26,7 +26,7 @@ OPTIONS = {
     "delta": real(0.1, "per-token KL budget of best-of-N with N = e^{n delta}", low=1e-6),
     "n_max": integer(256, "longest sequence of the random chain's convergence curve", low=4),
     "bigram_words": integer(100, "word states of the English bigram instance (plus <other>)", low=2),
-    "bigram_n_max": integer(16, "longest sequence of the English bigram's convergence curve", low=1),
+    "bigram_n_max": integer(4, "longest sequence of the English bigram's convergence curve", low=1),
     "seed": integer(0, "random seed", low=0),
 }
 
