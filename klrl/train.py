@@ -378,14 +378,7 @@ def natural_policy_gradient(logp: Float[Array, "... y"], correct: Bool[Array, ".
 
 def _kl_value(kl, lq, lp):
   """Per-sample KL estimators at samples from ``q`` (log-probabilities ``lq``, ``lp``)."""
-  d = lq - lp
-  if kl == "k1":
-    return d
-  if kl == "k2":
-    return 0.5 * d * d
-  if kl == "k3":
-    return jnp.expm1(-d) + d          # p/q - 1 - log(p/q)
-  return jnp.zeros_like(d)
+  return _logspace.kl_estimate(kl, lq - lp)
 
 
 def _advantage(advantage, reward, eps):

@@ -31,7 +31,7 @@ def kl(logp, logq):
   return jnp.sum(p * diff, axis=-1)
 
 
-def _one_plus_log_one_plus(u):
+def one_plus_log_one_plus(u):
   """``(1 + u) log(1 + u) - u >= 0`` for ``u >= -1``, to full relative accuracy (also ``u -> 0``).
 
   With ``s = u / (2 + u)``, ``log(1 + u) = 2 atanh(s)`` and the value is
@@ -58,7 +58,7 @@ def bernoulli_kl(a, b):
   inner = (b > 0) & (b < 1)
   bb = jnp.where(inner, b, 0.5)
   d = a - bb
-  close = bb * _one_plus_log_one_plus(d / bb) + (1 - bb) * _one_plus_log_one_plus(-d / (1 - bb))
+  close = bb * one_plus_log_one_plus(d / bb) + (1 - bb) * one_plus_log_one_plus(-d / (1 - bb))
   edge = xlogy(a, a) - xlogy(a, b) + xlogy(1 - a, 1 - a) - xlogy(1 - a, 1 - b)
   return jnp.where(inner, close, edge)
 
@@ -82,7 +82,7 @@ def bernoulli_kl_logits(x, y, d=None):
   d = jnp.where(close, d, 0.0)
   sx, sy, sny = jax.nn.sigmoid(jnp.where(close, x, 0.0)), jax.nn.sigmoid(jnp.where(close, y, 0.0)), jax.nn.sigmoid(-jnp.where(close, y, 0.0))
   gap = sx * jnp.expm1(d)                                      # (b - a) / (1 - b)
-  near = sy * _one_plus_log_one_plus(-gap * sny / sy) + sny * _one_plus_log_one_plus(gap)
+  near = sy * one_plus_log_one_plus(-gap * sny / sy) + sny * one_plus_log_one_plus(gap)
   return jnp.where(close, near, far)
 
 
@@ -90,3 +90,10 @@ def log_masses(logp, correct):
   """``(log a, log(1 - a))``: log-masses of the correct and wrong responses, per row."""
   return (logsumexp(jnp.where(correct, logp, -jnp.inf), axis=-1),
           logsumexp(jnp.where(correct, -jnp.inf, logp), axis=-1))
+
+
+def kl_estimate(kind: str, d):
+  """The per-sample KL estimators at ``d = log q(y) - log p(y)``, ``y ~ q``: ``"k1"`` (``d``),
+  ``"k2"`` (``d^2 / 2``), ``"k3"`` (``p/q - 1 - log(p/q) = expm1(-d) + d``) or ``"none"`` (0)."""
+  return {"k1": lambda: d, "k2": lambda: 0.5 * d * d, "k3": lambda: jnp.expm1(-d) + d,
+          "none": lambda: jnp.zeros_like(d)}[kind]()

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import gammaln, xlogy
 
+from klrl._src import logspace as _logspace
 from klrl.autoregressive.configs import Config, penalised_return
 from klrl.autoregressive.problems import Layout, policy, present, tokens
 
@@ -73,7 +74,7 @@ def kvalue(cfg: Config, d):
   """The per-sample estimator ``k(log rho)`` of ``cfg`` (clamps included)."""
   if cfg.log_clamp is not None:
     d = jnp.clip(d, -cfg.log_clamp, cfg.log_clamp)
-  k = {"k1": d, "k2": 0.5 * d * d, "k3": jnp.expm1(-d) + d, "none": jnp.zeros_like(d)}[cfg.estimator]
+  k = _logspace.kl_estimate(cfg.estimator, d)
   return k if cfg.clamp is None else jnp.clip(k, -cfg.clamp, cfg.clamp)
 
 

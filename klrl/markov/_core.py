@@ -184,11 +184,11 @@ def doob(log_w):
 def kl_rate(log_w, log_trans):
   """``sum_i pi_i KL(Q(i, .) || P(i, .))`` as a sum of nonnegative terms
   ``P (1 + u) log(1 + u) - P u``, ``u = Q/P - 1`` (relative accuracy also where it is tiny)."""
-  from klrl._src.logspace import _one_plus_log_one_plus
+  from klrl._src.logspace import one_plus_log_one_plus
   log_q, log_pi = doob(log_w)
   has = log_w > -jnp.inf
   u = jnp.expm1(jnp.where(has, log_q - log_trans, 0.0))
-  terms = jnp.where(has, jnp.exp(log_trans) * _one_plus_log_one_plus(u), 0.0)
+  terms = jnp.where(has, jnp.exp(log_trans) * one_plus_log_one_plus(u), 0.0)
   return jnp.sum(jnp.exp(log_pi) * jnp.sum(terms, axis=-1), axis=-1)
 
 
